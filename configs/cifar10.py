@@ -1,0 +1,79 @@
+"""One CIFAR-10 (or CIFAR-100) run with the paper's recipe (He et al. 2016, section 4.2).
+
+    python -m resnet_jax.main --config=configs/cifar10.py:depth=56,residual=false --workdir=runs/plain-56
+
+Arguments after ':' (comma separated): depth (6n+2: 20, 32, 44, 56, 110, 1202, ...),
+residual (false = the plain twin), shortcut (A, B or C), preact, bottleneck, dataset.
+Any field can then be overridden with ``--config.FIELD=VALUE``, e.g.
+``--config.num_train_steps=2000 --config.data_dir=../shared/data/tfds``.
+
+Recipe: SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k
+iterations, 64k iterations; nets of 110 layers or more warm up at lr 0.01 until the training
+error is below 80% (`warmup=None` picks this by depth).
+"""
+from ml_collections import config_dict
+
+from resnet_jax.config_args import parse_config_arg
+
+ARG_DEFAULTS = dict(depth=20, residual=True, shortcut="A", preact=False, bottleneck=False, dataset="cifar10")
+
+
+def run_name(depth: int, residual: bool, preact: bool = False, **_) -> str:
+    """The name a run has in sweeps, plots and W&B, e.g. plain-56, resnet-110, preact-resnet-164."""
+    if not residual:
+        return f"plain-{depth}"
+    return f"{'preact-' if preact else ''}resnet-{depth}"
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    a = parse_config_arg(arg, ARG_DEFAULTS)
+    c = config_dict.ConfigDict()
+    c.name = run_name(**a)
+
+    # Data.
+    c.dataset = a["dataset"]                        # cifar10 | cifar100
+    c.data_dir = config_dict.placeholder(str)       # TFDS data dir; None = TFDS's default (~/tensorflow_datasets)
+    c.val_split = False                             # True: train on 90% (45k), report the held-out 10% (5k) as test/
+    c.seed = 0
+
+    # Model (see resnet_jax.models.create_model).
+    c.model = config_dict.ConfigDict()
+    c.model.family = "cifar"
+    c.model.depth = a["depth"]
+    c.model.residual = a["residual"]
+    c.model.shortcut = a["shortcut"]
+    c.model.preact = a["preact"]
+    c.model.bottleneck = a["bottleneck"]
+    c.model.zero_init_residual = False
+    c.model.dtype = "float32"                        # bfloat16 on GPU/TPU: bf16 compute, f32 params and BN stats
+    c.model.bn_group_size = 0                        # 0: BN statistics over the global batch; 64: the paper's 2 GPUs x 64
+    c.model.scan = config_dict.placeholder(bool)     # None: by depth (nn.scan over blocks for very deep nets)
+
+    # Optimisation (durations in iterations, as the paper counts them).
+    c.batch_size = 128                               # global, over all devices and hosts
+    c.num_train_steps = 64_000
+    c.learning_rate = 0.1
+    c.lr_boundaries = (32_000, 48_000)
+    c.lr_decay = 0.1
+    c.momentum = 0.9
+    c.weight_decay = 1e-4
+    c.warmup = config_dict.placeholder(bool)         # None: on for depth >= 110, as in the paper
+    c.warmup_learning_rate = 0.01
+    c.warmup_until_error = 0.8
+
+    # Bookkeeping.
+    c.log_every = 100
+    c.eval_every = 1000
+    c.eval_batch_size = 1000
+    c.checkpoint_every = 2000
+    c.keep_checkpoints = 3
+    c.resume = True
+
+    # Weights & Biases (mode None: $WANDB_MODE, else online with an API key, else offline).
+    c.wandb = config_dict.ConfigDict()
+    c.wandb.mode = config_dict.placeholder(str)
+    c.wandb.project = "resnet-degradation"
+    c.wandb.entity = config_dict.placeholder(str)
+    c.wandb.group = config_dict.placeholder(str)     # the sweep's name; set by sweeps
+    c.wandb.tags = ()
+    return c

@@ -1,0 +1,58 @@
+"""The CIFAR-10 degradation sweep of Fig. 6: plain-20/32/44/56 and ResNet-20/32/44/56/110.
+
+Launch every run of the sweep (each in DIR/<run-name>), then draw the figure:
+
+    ./launch.sh configs/cifar10_degradation.py --workdir runs/fig6
+    python experiments/plot_degradation.py runs/fig6
+
+One run of it by hand:
+
+    python -m resnet_jax.main --config=configs/cifar10_degradation.py:run=plain-56 --workdir=runs/fig6/plain-56
+
+Arguments: ``run=NAME`` picks the run; ``with1202`` adds ResNet-1202 (Fig. 6 right; ~19M
+parameters, slow); ``quick`` is the CPU-laptop variant below.
+
+``quick``: plain-20, plain-56, ResNet-20 and ResNet-56 for 500 iterations at batch 64 with the
+paper's lr 0.1 (divided by 10 at 60% and 80% of the run), ~30 minutes of training in total on a
+2-core CPU. What it can show: the *optimisation* side of degradation early in training, which
+is where Fig. 6 separates first: plain-56 trains slower than plain-20 (its training error stays
+higher, near chance for the first hundreds of iterations) while ResNet-56 keeps up with
+ResNet-20. What it cannot show: final error rates (those need the 64k-iteration schedule and the
+full 50k training set), the late-training overfitting gap, or ResNet-110's warm-up.
+"""
+import pathlib
+
+from resnet_jax.config_args import load_config_module, parse_config_arg
+
+cifar10 = load_config_module(pathlib.Path(__file__).with_name("cifar10.py"))
+
+PLAIN = ("plain-20", "plain-32", "plain-44", "plain-56")
+RESNET = ("resnet-20", "resnet-32", "resnet-44", "resnet-56", "resnet-110")
+QUICK = ("plain-20", "plain-56", "resnet-20", "resnet-56")
+SWEEP_NAME = "cifar10-degradation"
+
+
+def get_sweep(arg: str | None = None) -> list[str]:
+    """The run names of the sweep, in launch order."""
+    a = parse_config_arg(arg, dict(run=""), flags=("quick", "with1202"))
+    if a["quick"]:
+        return list(QUICK)
+    return list(PLAIN + RESNET) + (["resnet-1202"] if a["with1202"] else [])
+
+
+def get_config(arg: str | None = None):
+    a = parse_config_arg(arg, dict(run=""), flags=("quick", "with1202"))
+    runs = get_sweep(arg)
+    if a["run"] not in runs:
+        raise ValueError(f"run={a['run']!r} is not in this sweep; valid: {', '.join(runs)}")
+    kind, depth = a["run"].split("-")
+    c = cifar10.get_config(f"depth={depth},residual={kind == 'resnet'}")
+    c.wandb.group = SWEEP_NAME + ("-quick" if a["quick"] else "")
+    if a["quick"]:
+        c.batch_size = 64
+        c.num_train_steps = 500
+        c.lr_boundaries = (300, 400)
+        c.log_every = 20
+        c.eval_every = 100
+        c.checkpoint_every = 100
+    return c

@@ -1,0 +1,1 @@
+"""Plain and residual networks for the degradation experiments of He et al. (2016)."""

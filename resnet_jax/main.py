@@ -1,0 +1,70 @@
+"""Entry point: flags, multi-host set-up, then train.train_and_evaluate.
+
+    python -m resnet_jax.main --config=configs/cifar10.py:depth=56,residual=false --workdir=runs/plain-56
+
+Any config field can be overridden: ``--config.num_train_steps=2000``, ``--config.model.dtype=bfloat16``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':args', e.g. configs/cifar10.py:depth=56.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, config.json and W&B files.")
+flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/resnet_jax/xla"),
+                    "Persistent XLA compilation cache directory ('' to disable).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def _initialize_distributed() -> None:
+    """jax.distributed on multi-host launches (TPU pods, SLURM, or the env vars of launch.sh)."""
+    import jax
+
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS", "1") != "1" \
+            or os.environ.get("TPU_WORKER_HOSTNAMES", "localhost").count(",") > 0:
+        jax.distributed.initialize()
+
+
+def _enable_compilation_cache(path: str) -> None:
+    import jax
+
+    if not path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return  # read-only home: run uncached rather than fail
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (fields are set with --config.FIELD=VALUE)")
+    from absl import logging
+
+    from resnet_jax import input_pipeline, train
+
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+    _initialize_distributed()
+    _enable_compilation_cache(FLAGS.compilation_cache)
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ValueError, input_pipeline.DatasetUnavailableError, train.TrainingDiverged) as e:
+        sys.exit(f"error: {e}")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,134 @@
+"""Results are files first: ``metrics.jsonl`` (one JSON object per logged step), mirrored to W&B.
+
+Only process 0 writes. W&B must never stop or slow training: without network or an API key it
+runs offline (sync later with ``wandb sync``), and any failure of it is a warning, not an error.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from typing import Any, Mapping
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(path: str) -> list[dict]:
+    """All records of a metrics.jsonl; a torn last line (killed mid-write) is ignored."""
+    records = []
+    if not os.path.exists(path):
+        return records
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+class JsonlWriter:
+    """Appends records to workdir/metrics.jsonl, first dropping what a resumed run will re-log."""
+
+    def __init__(self, workdir: str, resume_step: int):
+        self.path = os.path.join(workdir, METRICS_FILE)
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, self.path)  # atomic: a kill here leaves the old or the new file, never half
+        self.file = open(self.path, "a")
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def wandb_mode(configured: str | None) -> str:
+    """online | offline | disabled: the config, else $WANDB_MODE, else online only with an API key."""
+    mode = configured or os.environ.get("WANDB_MODE")
+    if mode:
+        if mode not in ("online", "offline", "disabled", "dryrun"):
+            raise ValueError(f"wandb mode {mode!r}: use online, offline or disabled")
+        return "offline" if mode == "dryrun" else mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = os.path.expanduser("~/.netrc")
+    if os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read():
+        return "online"
+    return "offline"
+
+
+def wandb_tags(config) -> list[str]:
+    m = config.model
+    tags = [f"depth={m.depth}", "residual" if m.residual else "plain", f"shortcut={m.shortcut}", config.dataset]
+    return tags + [t for t in config.wandb.tags if t not in tags]
+
+
+class WandbWriter:
+    """One W&B run per workdir; a restarted run continues the same run (same id, resume='allow')."""
+
+    def __init__(self, config, workdir: str, run_id: str):
+        self.run = None
+        mode = wandb_mode(config.wandb.mode)
+        if mode == "disabled":
+            return
+        try:
+            import wandb
+
+            self.run = wandb.init(
+                project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
+                name=config.name, tags=wandb_tags(config), config=config.to_dict(), id=run_id,
+                resume="allow", mode=mode, dir=workdir,
+                settings=wandb.Settings(init_timeout=60, console="off", silent=True))
+        except Exception as e:  # noqa: BLE001 - W&B trouble must never cost a training run
+            warnings.warn(f"W&B disabled for this run: wandb.init failed ({type(e).__name__}: {e})")
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if self.run is not None:
+            try:
+                self.run.log(dict(metrics), step=int(step))
+            except Exception as e:  # noqa: BLE001
+                warnings.warn(f"W&B log failed at step {step}: {e}")
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        if self.run is not None:
+            self.run.summary.update(dict(values))
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+
+class MetricWriter:
+    """metrics.jsonl + W&B on process 0; a no-op on the other processes."""
+
+    def __init__(self, config, workdir: str, resume_step: int, run_id: str, is_main: bool):
+        self.writers = [JsonlWriter(workdir, resume_step), WandbWriter(config, workdir, run_id)] if is_main else []
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        for w in self.writers:
+            w.write(step, metrics)
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        for w in self.writers:
+            if isinstance(w, WandbWriter):
+                w.summary(values)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()

@@ -1,0 +1,352 @@
+"""Training as a library: TrainState, train_step, evaluate, train_and_evaluate(config, workdir).
+
+Data parallelism is `jax.jit` over a one-axis ``Mesh(('data',))`` of every device of every host:
+the batch is sharded ``P('data')``, the state replicated ``P()`` and donated. Batch-norm
+statistics therefore cover the global batch with no axis_name (or groups of it, with
+``config.model.bn_group_size``).
+
+Everything a step does depends only on the state and the step number (the batch at step s is a
+function of (seed, s); the metric sums of the current log interval live in the state), so a
+run resumed from a checkpoint continues bit-identically.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from resnet_jax import checkpointing, input_pipeline, metric_writers, models
+
+# Fields that define what a run computes; resuming with any of them changed is refused.
+FROZEN_FIELDS = ("dataset", "val_split", "seed", "batch_size", "model")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
+class ConfigMismatch(ValueError):
+    """A resumed run's config changes what the saved run computes."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array        # uint32[2] from the seed: data order and augmentation
+    warmup: jax.Array     # bool: still at the warm-up learning rate
+    error_ema: jax.Array  # smoothed training error, which ends the warm-up
+    sums: dict            # loss / error / count summed since the last log step
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def make_mesh(devices=None) -> Mesh:
+    return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
+
+
+def make_model(config, num_classes: int):
+    fields = {k: v for k, v in config.model.items() if k != "family"}
+    fields["bn_group_size"] = fields.get("bn_group_size") or None
+    return models.create_model(config.model.family, num_classes=num_classes, **fields)
+
+
+def lr_schedule(config) -> optax.Schedule:
+    """The paper's step schedule: lr divided by 10 at fixed iterations (32k and 48k)."""
+    return optax.piecewise_constant_schedule(
+        config.learning_rate, {int(b): config.lr_decay for b in config.lr_boundaries})
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """SGD with momentum and L2 weight decay added to the gradient (as Caffe/PyTorch SGD)."""
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(lr_schedule(config), momentum=config.momentum))
+
+
+def uses_warmup(config) -> bool:
+    """The paper warms up ResNet-110 (and deeper) at lr 0.01 until training error < 80%."""
+    return bool(config.warmup) if config.warmup is not None else config.model.depth >= 110
+
+
+def learning_rate(config, step: int, warmup: bool) -> float:
+    """The lr used at `step` (for logs): the schedule times the warm-up factor."""
+    lr = config.learning_rate * config.lr_decay ** sum(step >= b for b in config.lr_boundaries)
+    return lr * (config.warmup_learning_rate / config.learning_rate if warmup else 1.0)
+
+
+def warmup_scale(config, warmup: jax.Array) -> jax.Array:
+    return jnp.where(warmup, config.warmup_learning_rate / config.learning_rate, 1.0)
+
+
+def init_state(config, model, tx, num_classes: int) -> TrainState:
+    init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    variables = model.init(init_key, jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+    params = variables["params"]
+    zero = jnp.zeros((), jnp.float32)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params), rng=data_key, warmup=jnp.asarray(uses_warmup(config)),
+        error_ema=jnp.asarray(1.0 - 1.0 / num_classes, jnp.float32),
+        sums={"loss": zero, "error": zero, "count": zero})
+
+
+def cross_entropy(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def train_step(state: TrainState, data: input_pipeline.DeviceData, *, model, tx, config,
+               batch_sharding) -> TrainState:
+    """One SGD step on the batch of `state.step`; metric sums restart at each log boundary."""
+    images, labels = input_pipeline.train_batch(data, state.rng, state.step, config.batch_size)
+    images = jax.lax.with_sharding_constraint(images, batch_sharding)
+    labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
+
+    def loss_fn(params):
+        logits, updated = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
+                                      train=True, mutable=["batch_stats"])
+        return cross_entropy(logits, labels).mean(), (logits, updated["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    scale = warmup_scale(config, state.warmup)
+    params = optax.apply_updates(state.params, jax.tree.map(lambda u: u * scale.astype(u.dtype), updates))
+
+    error = jnp.mean(jnp.argmax(logits, -1) != labels).astype(jnp.float32)
+    error_ema = 0.9 * state.error_ema + 0.1 * error
+    fresh = state.step % config.log_every == 0
+    new = {"loss": loss.astype(jnp.float32), "error": error, "count": jnp.ones((), jnp.float32)}
+    sums = jax.tree.map(lambda s, v: jnp.where(fresh, 0.0, s) + v, state.sums, new)
+    return state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+        warmup=state.warmup & (error_ema >= config.warmup_until_error), error_ema=error_ema, sums=sums)
+
+
+def evaluate(state: TrainState, test: input_pipeline.EvalData, mean: jax.Array, *, model):
+    """(number of errors, summed loss) over the whole split; padding is masked out."""
+
+    def batch_totals(totals, batch):
+        images, labels, mask = batch
+        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                             input_pipeline.normalize(images, mean), train=False)
+        wrong = (jnp.argmax(logits, -1) != labels) * mask
+        return (totals[0] + wrong.sum(), totals[1] + (cross_entropy(logits, labels) * mask).sum()), None
+
+    zero = jnp.zeros((), jnp.float32)
+    totals, _ = jax.lax.scan(batch_totals, (zero, zero), (test.images, test.labels, test.mask))
+    return totals
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+def validate_config(config, num_devices: int) -> None:
+    """Fails fast, with a message saying what to do, on settings that cannot run."""
+    input_pipeline.num_classes(config.dataset)
+    if config.batch_size % num_devices:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {num_devices} devices; "
+                         f"use a multiple of {num_devices} (--config.batch_size=...)")
+    if config.eval_batch_size % num_devices:
+        raise ValueError(f"eval_batch_size {config.eval_batch_size} is not divisible by the {num_devices} "
+                         f"devices; use a multiple of {num_devices}")
+    group = config.model.bn_group_size
+    if group and config.batch_size % group:
+        raise ValueError(f"bn_group_size {group} must divide batch_size {config.batch_size} "
+                         "(0 = statistics over the whole batch)")
+    for name in ("log_every", "eval_every", "checkpoint_every", "num_train_steps"):
+        if config[name] <= 0:
+            raise ValueError(f"{name} must be positive, got {config[name]}")
+    make_model(config, input_pipeline.num_classes(config.dataset))  # bad depth / field -> ValueError
+
+
+def frozen_config_diff(saved: dict, current: dict) -> list[str]:
+    """Dotted names of FROZEN_FIELDS that differ between two config dicts."""
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    a, b = flat(saved), flat(current)
+    keys = [k for k in sorted(set(a) | set(b)) if k.split(".")[0] in FROZEN_FIELDS]
+    return [k for k in keys if a.get(k) != b.get(k)]
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def host_value(x) -> np.ndarray:
+    """A replicated global array as numpy, on any host."""
+    return np.asarray(x.addressable_data(0))
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step and exits."""
+
+    def __init__(self):
+        self.received = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class Interrupted(SystemExit):
+    """Raised after a signal: checkpoint saved, exit code 128 + signal number."""
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _progress_line(config, step: int, metrics: dict) -> str:
+    line = f"{config.name} step {step}/{config.num_train_steps}"
+    if "train/loss" in metrics:
+        line += f" | loss {metrics['train/loss']:.4f} | err {100 * metrics['train/error']:.2f}%"
+    if "test/error" in metrics:
+        line += f" | test {100 * metrics['test/error']:.2f}%"
+    if metrics.get("img_per_s"):
+        eta = (config.num_train_steps - step) * config.batch_size / metrics["img_per_s"]
+        line += f" | {metrics['img_per_s']:.0f} img/s | ETA {_format_eta(eta)}"
+    return line
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) one run in `workdir`; returns the last logged metrics."""
+    mesh = make_mesh()
+    validate_config(config, mesh.size)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    config_path = os.path.join(workdir, "config.json")
+
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    start = ckpt.latest_step() if config.resume else None
+    if start is not None and os.path.exists(config_path):
+        with open(config_path) as f:
+            diff = frozen_config_diff(json.load(f), config.to_dict())
+        if diff:
+            raise ConfigMismatch(
+                f"{workdir} holds a run with different {', '.join(diff)}; use a new --workdir, "
+                "or --config.resume=false to start this one over")
+    if start is not None and start >= config.num_train_steps:
+        print(f"{config.name}: already finished ({start} of {config.num_train_steps} steps) in {workdir}")
+        ckpt.close()
+        return {"step": start, "finished": True}
+
+    data = input_pipeline.load_cifar(config, mesh)
+    model = make_model(config, data.num_classes)
+    tx = make_optimizer(config)
+    replicated = NamedSharding(mesh, P())
+    init = functools.partial(init_state, config, model, tx, data.num_classes)
+    if start is None:
+        state = jax.jit(init, out_shardings=replicated)()
+        meta = {"wandb_run_id": uuid.uuid4().hex[:12]}
+    else:
+        abstract = checkpointing.abstract_with_sharding(jax.eval_shape(init), replicated)
+        state, meta = ckpt.restore(start, abstract)
+        print(f"{config.name}: resuming from step {start} in {workdir}")
+    start = int(host_value(state.step))
+
+    if is_main:
+        record = config.to_dict()
+        record["runtime"] = {"devices": mesh.size, "device_kind": jax.devices()[0].device_kind,
+                             "processes": jax.process_count(), "num_train": data.num_train, "num_test": data.num_test,
+                             "bn_statistics_over": config.model.bn_group_size or config.batch_size}
+        with open(config_path + ".tmp", "w") as f:
+            json.dump(record, f, indent=2)
+        os.replace(config_path + ".tmp", config_path)
+    writer = metric_writers.MetricWriter(config, workdir, start, meta["wandb_run_id"], is_main)
+
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, tx=tx, config=config,
+                          batch_sharding=NamedSharding(mesh, P("data"))),
+        in_shardings=(replicated, replicated), out_shardings=replicated, donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(evaluate, model=model), out_shardings=replicated)
+    def run_eval(state):
+        wrong, loss = (float(host_value(v)) for v in eval_fn(state, data.test, data.train.mean))
+        return {"test/error": wrong / data.num_test, "test/loss": loss / data.num_test}
+
+    last: dict = {}
+    best_test = None
+    tick, tick_step = time.time(), start
+    t_start = time.time()
+    with _StopSignal() as stop:
+        for step in range(start, config.num_train_steps):
+            state = step_fn(state, data.train)
+            done = step + 1
+            if step == start:  # leave compilation out of the images/s figures
+                host_value(state.step)
+                tick, tick_step = time.time(), done
+                if is_main:
+                    print(f"{config.name}: first step (compilation included) took {tick - t_start:.1f}s", flush=True)
+            final = done == config.num_train_steps
+            metrics = {}
+            if done % config.log_every == 0 or final or stop.received:
+                sums = {k: float(host_value(v)) for k, v in state.sums.items()}
+                if not np.isfinite(sums["loss"]):
+                    ckpt.wait()
+                    raise TrainingDiverged(
+                        f"{config.name}: training loss is {sums['loss'] / sums['count']} at step {done}; "
+                        f"stopped. The last good checkpoint is step {ckpt.latest_step()} in {workdir}/checkpoints.")
+                metrics = {"train/loss": sums["loss"] / sums["count"], "train/error": sums["error"] / sums["count"],
+                           "lr": learning_rate(config, step, bool(host_value(state.warmup))),
+                           "epoch": done * config.batch_size / data.num_train}
+                now = time.time()
+                if done > tick_step:
+                    metrics["img_per_s"] = (done - tick_step) * config.batch_size / (now - tick)
+                tick, tick_step = now, done
+            if done % config.eval_every == 0 or final:
+                metrics.update(run_eval(state))
+                best_test = min(best_test or 1.0, metrics["test/error"])
+                tick = time.time()  # evaluation time is not training throughput
+            if metrics:
+                writer.write(done, metrics)
+                last = {"step": done, **metrics}
+                if is_main:
+                    print(_progress_line(config, done, metrics), flush=True)
+            if done % config.checkpoint_every == 0 or final or stop.received:
+                ckpt.save(done, state, meta)
+            if stop.received:
+                ckpt.close()
+                writer.close()
+                signum = getattr(signal, stop.received)
+                print(f"{config.name}: stopped by {stop.received} at step {done}; checkpoint saved in "
+                      f"{workdir}/checkpoints. Re-run the same command to resume.", flush=True)
+                raise Interrupted(128 + signum)
+
+    if last and is_main:
+        writer.summary({"final/train_error": last.get("train/error"), "final/test_error": last.get("test/error"),
+                        "best/test_error": best_test, "train_time_s": time.time() - t_start})
+    ckpt.close()
+    writer.close()
+    return last

@@ -1,0 +1,24 @@
+"""Test set-up: 8 fake CPU devices, so sharding and multi-device BN are really exercised.
+
+XLA_FLAGS must be set before jax is imported anywhere, hence here.
+"""
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Real CIFAR-10 subset prepared by TFDS (5085 train / 1017 test); absent outside this workplace.
+SHARED_TFDS = REPO.parent / "shared" / "data" / "tfds"
+
+
+@pytest.fixture(scope="session")
+def tfds_data_dir():
+    if not (SHARED_TFDS / "cifar10").is_dir():
+        pytest.skip(f"real CIFAR-10 subset not found at {SHARED_TFDS} (only present in the dev workplace)")
+    return str(SHARED_TFDS)
