@@ -99,12 +99,12 @@ def init_state(config, model, tx, num_classes: int) -> TrainState:
     init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
     variables = model.init(init_key, jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
     params = variables["params"]
-    zero = jnp.zeros((), jnp.float32)
+    zero = lambda: jnp.zeros((), jnp.float32)  # distinct buffers: the state is donated
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params), rng=data_key, warmup=jnp.asarray(uses_warmup(config)),
         error_ema=jnp.asarray(1.0 - 1.0 / num_classes, jnp.float32),
-        sums={"loss": zero, "error": zero, "count": zero})
+        sums={"loss": zero(), "error": zero(), "count": zero()})
 
 
 def cross_entropy(logits, labels):
@@ -151,6 +151,14 @@ def evaluate(state: TrainState, test: input_pipeline.EvalData, mean: jax.Array, 
     zero = jnp.zeros((), jnp.float32)
     totals, _ = jax.lax.scan(batch_totals, (zero, zero), (test.images, test.labels, test.mask))
     return totals
+
+
+def make_train_step(config, model, tx, mesh: Mesh):
+    """train_step jitted over `mesh`: state replicated and donated, batch sharded over 'data'."""
+    replicated = NamedSharding(mesh, P())
+    step = functools.partial(train_step, model=model, tx=tx, config=config,
+                             batch_sharding=NamedSharding(mesh, P("data")))
+    return jax.jit(step, in_shardings=(replicated, replicated), out_shardings=replicated, donate_argnums=0)
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -287,10 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.replace(config_path + ".tmp", config_path)
     writer = metric_writers.MetricWriter(config, workdir, start, meta["wandb_run_id"], is_main)
 
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, config=config,
-                          batch_sharding=NamedSharding(mesh, P("data"))),
-        in_shardings=(replicated, replicated), out_shardings=replicated, donate_argnums=0)
+    step_fn = make_train_step(config, model, tx, mesh)
     eval_fn = jax.jit(functools.partial(evaluate, model=model), out_shardings=replicated)
     def run_eval(state):
         wrong, loss = (float(host_value(v)) for v in eval_fn(state, data.test, data.train.mean))
