@@ -61,9 +61,33 @@ def main(argv) -> None:
         sys.exit(f"error: {e}")
 
 
+def parse_flags(argv):
+    """absl parsing, with a one-line error (not a traceback) for an unknown config field or bad value."""
+    try:
+        argv = FLAGS(argv)
+        FLAGS.config.to_dict()  # config_flags defers errors of loading the file; surface them here
+        return argv
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+        sys.exit(f"error: {_one_line(e)}")
+
+
+def _one_line(e: Exception) -> str:
+    while e.args and isinstance(e.args[0], Exception):  # config_dict wraps KeyError in AttributeError
+        e = e.args[0]
+    text = str(e.args[0] if e.args else e)
+    if "Traceback (most recent call last)" in text:  # config_flags embeds the config's own error
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    message = text.strip("'\"").replace("\n", " ").replace("  ", " ")
+    if isinstance(e, KeyError):
+        return f"unknown config field {message} (fields are listed in the config file)"
+    if isinstance(e, OSError) and "No such file" in message:
+        return f"config file not found: {message.split('No such file or directory: ')[-1].strip(chr(39))}"
+    return message
+
+
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # tests/helpers.py
 # Real CIFAR-10 subset prepared by TFDS (5085 train / 1017 test); absent outside this workplace.
 SHARED_TFDS = REPO.parent / "shared" / "data" / "tfds"
 

@@ -1,0 +1,478 @@
+"""The logic behind ``launch.sh``: which runs a config launches, where, on which GPUs, and which
+of them are already finished.
+
+``launch.sh`` stays a thin bash layer (argument parsing, the virtual environment, starting
+processes); everything it decides comes from here, so it can be tested without a shell:
+
+    python -m resnet_jax.sweep list configs/cifar10_degradation.py:quick
+    python -m resnet_jax.sweep status runs/cifar10-degradation-quick/plain-56
+    python -m resnet_jax.sweep plan configs/cifar10_degradation.py:quick --workdir /tmp/w -- --config.num_train_steps=100
+    python -m resnet_jax.sweep sbatch --python .venv/bin/python -- configs/cifar10_degradation.py
+
+A config module that defines ``get_sweep(arg) -> list[str]`` is a sweep: each of its runs is
+``CONFIG:ARG,run=NAME`` in ``WORKDIR/NAME``. Any other config is one run in ``WORKDIR`` itself.
+
+A run is *finished* when its latest checkpoint step is at least the ``num_train_steps`` it will be
+launched with (the config with this launch's overrides, so raising ``num_train_steps`` turns a
+finished run into a resumable one); without checkpoints, the last step of its metrics.jsonl
+counts instead. This module must stay light: no jax, no TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shlex
+import sys
+from typing import Sequence
+
+from resnet_jax.config_args import load_config_module
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+CONFIG_JSON = "config.json"
+
+
+class LaunchError(ValueError):
+    """A launch that cannot go ahead; the message says what to do instead."""
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``"configs/x.py:a=1,b"`` -> ``("configs/x.py", "a=1,b")`` (as ml_collections splits it)."""
+    path, _, arg = spec.partition(":")
+    return path, arg
+
+
+def load_module(path: str):
+    if not path.endswith(".py"):
+        raise LaunchError(f"config {path!r} is not a Python file; configs are files such as configs/cifar10.py")
+    try:
+        return load_config_module(path)
+    except FileNotFoundError as e:
+        here = os.path.dirname(path) or "."
+        known = sorted(f for f in os.listdir(here) if f.endswith(".py")) if os.path.isdir(here) else []
+        hint = f" (in {here}: {', '.join(known)})" if known else ""
+        raise LaunchError(f"unknown config: {e}{hint}") from None
+
+
+def _arg_items(arg: str) -> list[str]:
+    return [s.strip() for s in arg.split(",") if s.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    name: str
+    config: str       # the --config= value of this run: path[:arg]
+    subdir: bool      # True: the run lives in WORKDIR/name (sweep); False: in WORKDIR itself
+
+
+def list_runs(spec: str) -> tuple[list[RunSpec], bool]:
+    """The runs `spec` launches and whether it is a sweep.
+
+    For a sweep config, ``run=NAME`` in the argument picks that one run of it.
+    """
+    path, arg = split_spec(spec)
+    module = load_module(path)
+    get_sweep = getattr(module, "get_sweep", None)
+    if get_sweep is None:
+        if not hasattr(module, "get_config"):
+            raise LaunchError(f"config {path!r} defines neither get_config nor get_sweep")
+        return [RunSpec(name="", config=spec, subdir=False)], False
+    items = _arg_items(arg)
+    picked = [i.partition("=")[2].strip() for i in items if i.partition("=")[0].strip() == "run"]
+    base = ",".join(i for i in items if i.partition("=")[0].strip() != "run")
+    try:
+        names = list(get_sweep(base or None))
+    except ValueError as e:
+        raise LaunchError(f"{spec}: {e}") from None
+    if picked:
+        unknown = [p for p in picked if p not in names]
+        if unknown:
+            raise LaunchError(f"{spec}: run={unknown[0]!r} is not in this sweep; valid: {', '.join(names)}")
+        names = [n for n in names if n in picked]
+    join = "," if base else ""
+    return [RunSpec(name=n, config=f"{path}:{base}{join}run={n}", subdir=True) for n in names], True
+
+
+def _check_override_names(config, overrides: Sequence[str]) -> None:
+    """A clear error for ``--config.no.such.field`` (ml_collections says only ``AttributeError``)."""
+    for o in overrides:
+        m = re.match(r"^--(no)?config\.([A-Za-z0-9_.]+)(=.*)?$", o)
+        if not m:
+            raise LaunchError(f"bad override {o!r}: overrides look like --config.FIELD=VALUE, "
+                              "e.g. --config.num_train_steps=2000 or --config.model.dtype=bfloat16")
+        node, walked = config, []
+        for part in m.group(2).split("."):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                where = ".".join(walked) or "the config"
+                raise LaunchError(f"bad override {o!r}: {where} has no field {part!r}; "
+                                  f"fields: {', '.join(sorted(keys)) or '(none)'}")
+            node, walked = node[part], walked + [part]
+
+
+def resolve_config(config_spec: str, overrides: Sequence[str] = ()):
+    """The ConfigDict `python -m resnet_jax.main --config=SPEC OVERRIDES` will train with."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    path, arg = split_spec(config_spec)
+    module = load_module(path)
+    try:
+        base = module.get_config(arg or None) if arg else module.get_config()
+    except (ValueError, TypeError, KeyError) as e:
+        raise LaunchError(f"{config_spec}: {e}") from None
+    _check_override_names(base, overrides)
+    if not overrides:
+        return base
+    argv = ["launch", f"--config={config_spec}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    try:
+        values(argv)
+    except flags.Error as e:
+        raise LaunchError(f"bad override: {str(e).splitlines()[0]}") from None
+    return values.config
+
+
+# ----------------------------------------------------------------------------- run state
+
+
+def checkpoint_steps(run_dir: str) -> list[int]:
+    """Steps of the complete checkpoints in RUN_DIR/checkpoints (Orbax names them by step; a save
+    in progress lives in a temporary folder with a non-numeric name until it is committed)."""
+    directory = os.path.join(run_dir, CHECKPOINTS)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory)
+                  if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def last_metrics_step(run_dir: str) -> int | None:
+    """The step of the last complete record of RUN_DIR/metrics.jsonl (a torn last line is ignored)."""
+    path = os.path.join(run_dir, METRICS)
+    last = None
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        for line in f:
+            try:
+                last = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return last
+
+
+def saved_num_train_steps(run_dir: str) -> int | None:
+    try:
+        with open(os.path.join(run_dir, CONFIG_JSON)) as f:
+            return int(json.load(f)["num_train_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+    state: str            # new | partial | finished | restart
+    done: int             # steps done (latest checkpoint; metrics.jsonl without checkpoints)
+    total: int | None     # num_train_steps it is (or was) launched with
+
+    def describe(self) -> str:
+        total = "?" if self.total is None else self.total
+        return {"new": "new",
+                "partial": f"resume from step {self.done}/{total}",
+                "finished": f"finished ({self.done}/{total} steps)",
+                "restart": f"restart from scratch (resume=false; {self.done}/{total} steps there)"}[self.state]
+
+
+def run_status(run_dir: str, num_train_steps: int | None = None, resume: bool = True) -> RunStatus:
+    """Where a run stands. `num_train_steps` is the length it will be launched with (default: the
+    one saved in RUN_DIR/config.json)."""
+    total = num_train_steps if num_train_steps is not None else saved_num_train_steps(run_dir)
+    steps = checkpoint_steps(run_dir)
+    done = steps[-1] if steps else (last_metrics_step(run_dir) or 0)
+    if not done:
+        return RunStatus("new", 0, total)
+    if not resume:
+        return RunStatus("restart", done, total)
+    if total is not None and done >= total:
+        return RunStatus("finished", done, total)
+    return RunStatus("partial", done, total)
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def parse_gpus(text: str | None) -> list[str]:
+    """``"0,1,2,3"`` -> ``["0", "1", "2", "3"]``; ``""`` or ``"none"`` -> no GPUs."""
+    if text is None or text.strip().lower() in ("", "none"):
+        return []
+    gpus = [g.strip() for g in text.split(",") if g.strip()]
+    if len(set(gpus)) != len(gpus):
+        raise LaunchError(f"GPU list {text!r} names a GPU twice")
+    return gpus
+
+
+def assign_slots(num_runs: int, gpus: Sequence[str], parallel: int | None = None,
+                 data_parallel: bool = False) -> list[tuple[int, str]]:
+    """(slot, CUDA_VISIBLE_DEVICES or '') for each of `num_runs` runs, in launch order.
+
+    A slot runs its runs one after another; slots run side by side. Without GPUs: `parallel` slots
+    (default 1, i.e. sequential). With several GPUs: one run per GPU by default; `data_parallel`
+    gives every GPU to one run at a time; `parallel` N splits the GPUs into N equal groups. With
+    fewer runs than slots the GPUs are shared out over the runs there are. Runs go to slots round
+    robin, so the assignment (and the dry run) is deterministic.
+    """
+    if parallel is not None and parallel < 1:
+        raise LaunchError(f"--parallel must be at least 1, got {parallel}")
+    if data_parallel and parallel not in (None, 1):
+        raise LaunchError("--data-parallel gives all GPUs to one run at a time; it cannot go with --parallel")
+    if num_runs == 0:
+        return []
+    gpus = list(gpus)
+    if data_parallel:
+        slots = 1
+    elif parallel is not None:
+        slots = parallel
+    else:
+        slots = max(len(gpus), 1)
+    if gpus and slots > len(gpus):
+        raise LaunchError(f"--parallel {slots} needs at least {slots} GPUs; this host has {len(gpus)} "
+                          f"({','.join(gpus)})")
+    slots = min(slots, num_runs)
+    per = len(gpus) // slots if gpus else 0
+    groups = [",".join(gpus[k * per:(k + 1) * per]) for k in range(slots)]
+    return [(i % slots, groups[i % slots]) for i in range(num_runs)]
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclasses.dataclass
+class PlannedRun:
+    name: str
+    config: str
+    workdir: str
+    status: RunStatus
+    slot: int = -1        # -1: not launched (finished)
+    gpus: str = ""
+
+
+@dataclasses.dataclass
+class Plan:
+    sweep_name: str
+    is_sweep: bool
+    workdir: str
+    runs: list[PlannedRun]
+    num_slots: int
+
+    @property
+    def to_launch(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.status.state != "finished"]
+
+
+def default_workdir(name: str) -> str:
+    return os.path.join("runs", name)
+
+
+def make_plan(spec: str, workdir: str | None = None, overrides: Sequence[str] = (), gpus: Sequence[str] = (),
+              parallel: int | None = None, data_parallel: bool = False) -> Plan:
+    """Resolves every run of `spec` with `overrides` (so a bad override fails before anything runs)
+    and decides which to launch, where, and on which slot and GPUs."""
+    runs, is_sweep = list_runs(spec)
+    configs = [resolve_config(r.config, overrides) for r in runs]
+    path, _ = split_spec(spec)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if is_sweep:
+        module = load_module(path)
+        name = configs[0].get("wandb", {}).get("group") or getattr(module, "SWEEP_NAME", None) or stem
+    else:
+        name = configs[0].get("name") or stem
+    workdir = workdir or default_workdir(name)
+    planned = []
+    for run, config in zip(runs, configs):
+        run_dir = os.path.join(workdir, run.name) if run.subdir else workdir
+        status = run_status(run_dir, int(config.num_train_steps), bool(config.get("resume", True)))
+        planned.append(PlannedRun(run.name or config.get("name") or stem, run.config, run_dir, status))
+    launch = [r for r in planned if r.status.state != "finished"]
+    slots = assign_slots(len(launch), gpus, parallel, data_parallel)
+    for run, (slot, group) in zip(launch, slots):
+        run.slot, run.gpus = slot, group
+    return Plan(name, is_sweep, workdir, planned, len({s for s, _ in slots}))
+
+
+def plan_as_shell(plan: Plan) -> str:
+    """Bash assignments for ``eval`` in launch.sh (every value quoted)."""
+    q = shlex.quote
+
+    def array(name, values):
+        return f"{name}=({' '.join(q(str(v)) for v in values)})"
+
+    runs = plan.runs
+    return "\n".join([
+        f"SWEEP_NAME={q(plan.sweep_name)}",
+        f"IS_SWEEP={int(plan.is_sweep)}",
+        f"WORKDIR={q(plan.workdir)}",
+        f"NUM_SLOTS={plan.num_slots}",
+        array("RUN_NAME", [r.name for r in runs]),
+        array("RUN_CONFIG", [r.config for r in runs]),
+        array("RUN_DIR", [r.workdir for r in runs]),
+        array("RUN_STATE", [r.status.state for r in runs]),
+        array("RUN_DESC", [r.status.describe() for r in runs]),
+        array("RUN_SLOT", [r.slot for r in runs]),
+        array("RUN_GPUS", [r.gpus for r in runs]),
+    ]) + "\n"
+
+
+def plan_as_text(plan: Plan) -> str:
+    lines = [f"{plan.sweep_name}: {len(plan.runs)} run(s) in {plan.workdir}, {len(plan.to_launch)} to launch"]
+    for r in plan.runs:
+        where = "" if r.slot < 0 else f"  [slot {r.slot}{', GPUs ' + r.gpus if r.gpus else ''}]"
+        lines.append(f"  {r.name:<16} {r.status.describe()}{where}")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+
+def _sbatch_option_names(opts: Sequence[str]) -> dict[str, str | None]:
+    """``["-p", "gpu", "--gres=gpu:4"]`` -> ``{"-p": "gpu", "--gres": "gpu:4"}``."""
+    out, i = {}, 0
+    while i < len(opts):
+        o = opts[i]
+        if o.startswith("--"):
+            key, sep, value = o.partition("=")
+            out[key] = value if sep else None
+        elif o.startswith("-"):
+            value = opts[i + 1] if i + 1 < len(opts) and not opts[i + 1].startswith("-") else None
+            out[o[:2]] = o[2:] or value
+            i += value is not None and not o[2:]
+        i += 1
+    return out
+
+
+def _sbatch_lines(opts: Sequence[str]) -> list[str]:
+    """User sbatch options as ``#SBATCH`` lines (a short option keeps its separate value)."""
+    lines, i = [], 0
+    while i < len(opts):
+        o = opts[i]
+        if o.startswith("-") and not o.startswith("--") and len(o) == 2 and i + 1 < len(opts) \
+                and not opts[i + 1].startswith("-"):
+            lines.append(f"#SBATCH {o} {opts[i + 1]}")
+            i += 2
+            continue
+        if not o.startswith("-"):
+            raise LaunchError(f"sbatch option {o!r} does not start with '-' (e.g. --partition=gpu, -p gpu)")
+        lines.append(f"#SBATCH {o}")
+        i += 1
+    return lines
+
+
+def gpus_per_node(opts: Sequence[str]) -> int:
+    """GPUs per node asked for with --gpus-per-node=N or --gres=gpu[:type]:N (default 1)."""
+    named = _sbatch_option_names(opts)
+    if named.get("--gpus-per-node"):
+        return int(named["--gpus-per-node"].split(":")[-1])
+    for part in (named.get("--gres") or "").split(","):
+        fields = part.split(":")
+        if fields[0] == "gpu":
+            return int(fields[-1]) if len(fields) > 1 and fields[-1].isdigit() else 1
+    return 1
+
+
+def sbatch_script(plan: Plan, python: str, overrides: Sequence[str] = (), sbatch_opts: Sequence[str] = (),
+                  cwd: str | None = None, parallel: int | None = None) -> str:
+    """A job array, one element per unfinished run; each element is one data-parallel run with one
+    task per GPU (``srun``; jax.distributed picks up SLURM's variables in resnet_jax.main and binds
+    task i to local GPU i). SIGTERM two minutes before the time limit makes runs save and exit;
+    re-launching resumes them."""
+    runs = plan.to_launch
+    if not runs:
+        raise LaunchError("every run is finished; nothing to submit")
+    named = _sbatch_option_names(sbatch_opts)
+    gpus = gpus_per_node(sbatch_opts)
+    q = shlex.quote
+    cwd = cwd or os.getcwd()
+    lines = ["#!/bin/bash",
+             f"# Written by launch.sh: {plan.sweep_name}, {len(runs)} of {len(plan.runs)} run(s) "
+             "(finished runs are left out); one array element per run, one task per GPU.",
+             f"#SBATCH --job-name={plan.sweep_name}",
+             f"#SBATCH --array=0-{len(runs) - 1}" + (f"%{parallel}" if parallel else "")]
+    if "--ntasks-per-node" not in named:
+        lines.append(f"#SBATCH --ntasks-per-node={gpus}")
+    if "--gpus-per-node" not in named and "--gres" not in named and "-G" not in named and "--gpus" not in named:
+        lines.append(f"#SBATCH --gpus-per-node={gpus}")
+    if "--output" not in named and "-o" not in named:
+        lines.append(f"#SBATCH --output={os.path.join(plan.workdir, 'slurm', '%x-%A_%a.out')}")
+    if "--signal" not in named:
+        lines.append("#SBATCH --signal=TERM@120")
+    lines += _sbatch_lines(sbatch_opts)
+    lines += ["", "set -euo pipefail", f"cd {q(cwd)}",
+              f"NAMES=({' '.join(q(r.name) for r in runs)})",
+              f"CONFIGS=({' '.join(q(r.config) for r in runs)})",
+              f"WORKDIRS=({' '.join(q(r.workdir) for r in runs)})",
+              "i=${SLURM_ARRAY_TASK_ID:-0}",
+              'echo "run ${NAMES[$i]} in ${WORKDIRS[$i]}: $SLURM_NTASKS task(s) on $SLURM_JOB_NUM_NODES node(s)"',
+              f"srun --kill-on-bad-exit=1 {q(python)} -m resnet_jax.main --config=\"${{CONFIGS[$i]}}\" "
+              f"--workdir=\"${{WORKDIRS[$i]}}\"" + "".join(f" {q(o)}" for o in overrides)]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", default=None, help="sweep directory (default runs/<sweep-or-run-name>)")
+    parser.add_argument("config", help="CONFIG_FILE[:ARGS]")
+    parser.add_argument("overrides", nargs="*", help="--config.FIELD=VALUE (put them after --)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnet_jax.sweep", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="the run names of a config (one line each)")
+    p.add_argument("config")
+    p = sub.add_parser("status", help="new / partial / finished, for run directories")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--num-train-steps", type=int, default=None)
+    p = sub.add_parser("plan", help="what launch.sh would do")
+    _common(p)
+    p.add_argument("--gpus", default="", help="GPU ids, e.g. 0,1,2,3 ('' = none)")
+    p.add_argument("--parallel", type=int, default=None)
+    p.add_argument("--data-parallel", action="store_true")
+    p.add_argument("--format", choices=("text", "shell"), default="text")
+    p = sub.add_parser("sbatch", help="the sbatch script for the unfinished runs")
+    _common(p)
+    p.add_argument("--python", required=True, help="the python that runs resnet_jax on the cluster")
+    p.add_argument("--sbatch-opt", action="append", default=[], help="one sbatch option (repeat)")
+    p.add_argument("--parallel", type=int, default=None, help="at most N array elements at once")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            runs, _ = list_runs(args.config)
+            print("\n".join(r.name or "(single run)" for r in runs))
+        elif args.command == "status":
+            for d in args.run_dirs:
+                print(f"{d}\t{run_status(d, args.num_train_steps).describe()}")
+        elif args.command == "plan":
+            plan = make_plan(args.config, args.workdir, args.overrides, parse_gpus(args.gpus), args.parallel,
+                             args.data_parallel)
+            sys.stdout.write(plan_as_shell(plan) if args.format == "shell" else plan_as_text(plan))
+        elif args.command == "sbatch":
+            plan = make_plan(args.config, args.workdir, args.overrides)
+            sys.stdout.write(sbatch_script(plan, args.python, args.overrides, args.sbatch_opt,
+                                           parallel=args.parallel))
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
