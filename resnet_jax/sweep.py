@@ -180,7 +180,7 @@ def saved_num_train_steps(run_dir: str) -> int | None:
 @dataclasses.dataclass(frozen=True)
 class RunStatus:
     state: str            # new | partial | finished | restart
-    done: int             # steps done (latest checkpoint; metrics.jsonl without checkpoints)
+    done: int             # the latest checkpoint's step (for a finished run without checkpoints: metrics.jsonl's)
     total: int | None     # num_train_steps it is (or was) launched with
 
     def describe(self) -> str:
@@ -196,9 +196,14 @@ def run_status(run_dir: str, num_train_steps: int | None = None, resume: bool = 
     one saved in RUN_DIR/config.json)."""
     total = num_train_steps if num_train_steps is not None else saved_num_train_steps(run_dir)
     steps = checkpoint_steps(run_dir)
-    done = steps[-1] if steps else (last_metrics_step(run_dir) or 0)
-    if not done:
+    if not steps:
+        # No checkpoint (never saved, or deleted to save space): finished if its metrics say so;
+        # otherwise the run starts over, since there is nothing to resume from.
+        logged = last_metrics_step(run_dir) or 0
+        if resume and logged and total is not None and logged >= total:
+            return RunStatus("finished", logged, total)
         return RunStatus("new", 0, total)
+    done = steps[-1]
     if not resume:
         return RunStatus("restart", done, total)
     if total is not None and done >= total:

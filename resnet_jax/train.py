@@ -316,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     print(f"{config.name}: first step (compilation included) took {tick - t_start:.1f}s", flush=True)
             final = done == config.num_train_steps
             metrics = {}
-            if done % config.log_every == 0 or final or stop.received:
+            if done % config.log_every == 0 or final:
                 sums = {k: float(host_value(v)) for k, v in state.sums.items()}
                 if not np.isfinite(sums["loss"]):
                     ckpt.wait()

@@ -40,3 +40,43 @@ def read_jsonl(path):
 def without_timing(records):
     """Metrics minus wall-clock figures, which legitimately differ between runs."""
     return [{k: v for k, v in r.items() if k not in ("img_per_s",)} for r in records]
+
+
+def read_wandb_offline_run(run_file):
+    """(history rows, config dict, summary dict) decoded from an offline W&B run file (run-<id>.wandb).
+
+    The file is a LevelDB-style log (32 KiB blocks of crc32/length/type-framed chunks) of
+    protobuf `Record`s, behind a 7-byte ':W&B' header; decoding it ourselves proves what
+    `wandb sync` would upload.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = pathlib.Path(run_file).read_bytes()
+    assert data[:4] == b":W&B", "not a W&B run file"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer too small for a header: zero padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST chunk completes a record
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    history, config, summary = [], {}, {}
+    for r in records:
+        kind = r.WhichOneof("record_type")
+        if kind == "history":
+            history.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
+        elif kind == "config":
+            config.update({i.key: json.loads(i.value_json) for i in r.config.update})
+        elif kind == "run":
+            config.update({i.key: json.loads(i.value_json) for i in r.run.config.update})
+        elif kind == "summary":
+            summary.update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.summary.update})
+    return history, config, summary

@@ -1,0 +1,254 @@
+"""Figures and tables from runs: local run directories (config.json + metrics.jsonl) or W&B.
+
+    python experiments/plot_degradation.py runs/cifar10-degradation        # Fig. 6
+    python experiments/report.py runs/cifar10-degradation                  # Table 6 next to ours
+
+Both read runs through `load_runs`, which takes run directories, sweep directories (whose
+sub-directories are runs) or a W&B project and group. A run still in progress is read as far as
+it got. Nothing here imports jax.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import statistics
+from typing import Any, Iterable, Sequence
+
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+
+
+@dataclasses.dataclass
+class Run:
+    name: str                          # the run's name: plain-56, resnet-110, ...
+    depth: int | None                  # of the net it trained (config.model.depth)
+    residual: bool | None
+    preact: bool = False
+    num_train_steps: int | None = None
+    train: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, error in [0, 1])
+    test: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    hardware: str = "?"
+    data: str = "?"                    # "train/test" example counts
+    img_per_s: float | None = None     # median training throughput
+    source: str = ""                   # run directory or W&B URL
+    config: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        if self.residual is None:
+            return "?"
+        return ("preact-resnet" if self.preact else "resnet") if self.residual else "plain"
+
+    @property
+    def net(self) -> str:
+        """What was trained, e.g. plain-56 (may differ from `name` when the depth was overridden)."""
+        return f"{self.kind}-{self.depth if self.depth is not None else '?'}"
+
+    @property
+    def steps_done(self) -> int:
+        return max([s for s, _ in self.train] + [s for s, _ in self.test] + [0])
+
+    @property
+    def finished(self) -> bool:
+        return self.num_train_steps is not None and self.steps_done >= self.num_train_steps
+
+    @property
+    def final_train_error(self) -> float | None:
+        return self.train[-1][1] if self.train else None
+
+    @property
+    def final_test_error(self) -> float | None:
+        return self.test[-1][1] if self.test else None
+
+    @property
+    def best_test_error(self) -> float | None:
+        return min(e for _, e in self.test) if self.test else None
+
+    def sort_key(self):
+        order = {"plain": 0, "resnet": 1, "preact-resnet": 2}.get(self.kind, 3)
+        return order, self.depth if self.depth is not None else 1 << 30, self.name
+
+
+def parse_name(name: str) -> tuple[bool | None, int | None, bool]:
+    """``plain-56`` -> (False, 56, False); ``preact-resnet-164`` -> (True, 164, True)."""
+    m = re.fullmatch(r"(preact-)?(plain|resnet)-(\d+)", name)
+    if not m:
+        return None, None, False
+    return m.group(2) == "resnet", int(m.group(3)), bool(m.group(1))
+
+
+def _float(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f else None  # NaN (written as the string "nan") -> None
+
+
+def _median(values: Iterable[float]) -> float | None:
+    values = [v for v in values if v]
+    return statistics.median(values) if values else None
+
+
+def hardware_from_runtime(runtime: dict | None) -> str:
+    if not runtime:
+        return "?"
+    kind = runtime.get("device_kind", "?")
+    text = f"{runtime.get('devices', '?')}x {kind}"
+    if runtime.get("processes", 1) not in (1, None):
+        text += f" ({runtime['processes']} processes)"
+    return text
+
+
+# ----------------------------------------------------------------------------- local runs
+
+
+def is_run_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, METRICS)) or os.path.isfile(os.path.join(path, CONFIG))
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Records of a metrics.jsonl; a torn last line (a run killed mid-write, or still writing) is skipped."""
+    out = []
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def load_run_dir(path: str) -> Run:
+    config: dict = {}
+    try:
+        with open(os.path.join(path, CONFIG)) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        pass  # a run that has not written its config yet: go by the directory name
+    name = config.get("name") or os.path.basename(os.path.normpath(path))
+    residual, depth, preact = parse_name(os.path.basename(os.path.normpath(path)))
+    model = config.get("model") or {}
+    if "depth" in model:
+        depth, residual, preact = int(model["depth"]), bool(model.get("residual")), bool(model.get("preact"))
+    records = read_jsonl(os.path.join(path, METRICS))
+    train = [(int(r["step"]), e) for r in records if (e := _float(r.get("train/error"))) is not None]
+    test = [(int(r["step"]), e) for r in records if (e := _float(r.get("test/error"))) is not None]
+    runtime = config.get("runtime") or {}
+    data = f"{runtime['num_train']}/{runtime['num_test']}" if "num_train" in runtime else "?"
+    return Run(name=name, depth=depth, residual=residual,
+               preact=preact, num_train_steps=config.get("num_train_steps"), train=train, test=test,
+               hardware=hardware_from_runtime(runtime), data=data,
+               img_per_s=_median(_float(r.get("img_per_s")) for r in records), source=path, config=config)
+
+
+def find_run_dirs(paths: Sequence[str]) -> list[str]:
+    """Each path is a run directory, or a sweep directory whose sub-directories are runs."""
+    found = []
+    for path in paths:
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path}: no such directory")
+        if is_run_dir(path):
+            found.append(path)
+            continue
+        subs = sorted(os.path.join(path, d) for d in os.listdir(path))
+        runs = [d for d in subs if os.path.isdir(d) and is_run_dir(d)]
+        if not runs:
+            raise FileNotFoundError(f"{path}: neither a run directory (config.json, metrics.jsonl) "
+                                    "nor a sweep directory with runs in it")
+        found += runs
+    return found
+
+
+def load_local_runs(paths: Sequence[str]) -> list[Run]:
+    return sorted((load_run_dir(d) for d in find_run_dirs(paths)), key=Run.sort_key)
+
+
+# ----------------------------------------------------------------------------- W&B
+
+
+class WandbUnavailable(RuntimeError):
+    """The W&B public API cannot be reached (no API key, no network, no such project)."""
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = os.path.expanduser("~/.netrc")
+    try:
+        return "api.wandb.ai" in open(netrc).read()
+    except OSError:
+        return False
+
+
+def _hardware_from_wandb(metadata: dict | None) -> str:
+    metadata = metadata or {}
+    if metadata.get("gpu"):
+        return f"{metadata.get('gpu_count', '?')}x {metadata['gpu']}"
+    if metadata.get("cpu_count"):
+        return f"CPU ({metadata['cpu_count']} cores)"
+    return "?"
+
+
+def load_wandb_runs(project: str, group: str | None = None, api=None) -> list[Run]:
+    """Runs of W&B ``ENTITY/PROJECT`` (only those of `group` if given), read with the public API.
+
+    `api` is for tests; by default ``wandb.Api()``, which needs network access and an API key.
+    """
+    if api is None:
+        if not _has_wandb_key():
+            raise WandbUnavailable(
+                "reading W&B needs an API key (run `wandb login` or set WANDB_API_KEY) and network access; "
+                "or plot the local run directories instead (each run writes metrics.jsonl)")
+        try:
+            import wandb
+
+            api = wandb.Api(timeout=30)
+        except Exception as e:  # noqa: BLE001 - any failure here means: W&B is not usable
+            raise WandbUnavailable(f"cannot use the W&B API: {type(e).__name__}: {e}") from None
+    try:
+        wandb_runs = list(api.runs(project, filters={"group": group} if group else {}))
+    except Exception as e:  # noqa: BLE001
+        raise WandbUnavailable(f"cannot list the runs of W&B project {project!r}"
+                               f"{f' group {group!r}' if group else ''}: {type(e).__name__}: {e}") from None
+    if not wandb_runs:
+        raise WandbUnavailable(f"W&B project {project!r} has no runs{f' in group {group!r}' if group else ''}")
+    runs = []
+    for wr in wandb_runs:
+        config = dict(wr.config)
+        model = config.get("model") or {}
+        residual, depth, preact = parse_name(wr.name)
+        if "depth" in model:
+            depth, residual, preact = int(model["depth"]), bool(model.get("residual")), bool(model.get("preact"))
+
+        def series(key):
+            rows = wr.scan_history(keys=["_step", key])
+            return sorted((int(r["_step"]), e) for r in rows if (e := _float(r.get(key))) is not None)
+
+        speed = series("img_per_s")
+        runs.append(Run(name=wr.name, depth=depth, residual=residual, preact=preact,
+                        num_train_steps=config.get("num_train_steps"), train=series("train/error"),
+                        test=series("test/error"), hardware=_hardware_from_wandb(getattr(wr, "metadata", None)),
+                        img_per_s=_median(v for _, v in speed), source=getattr(wr, "url", project),
+                        config=config))
+    return sorted(runs, key=Run.sort_key)
+
+
+def load_runs(paths: Sequence[str] = (), wandb_project: str | None = None, wandb_group: str | None = None) -> list[Run]:
+    if wandb_project:
+        return load_wandb_runs(wandb_project, wandb_group)
+    if not paths:
+        raise ValueError("give run or sweep directories, or --wandb ENTITY/PROJECT")
+    return load_local_runs(paths)
+
+
+def add_source_arguments(parser) -> None:
+    parser.add_argument("paths", nargs="*", help="run directories, or sweep directories holding runs")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", default=None,
+                        help="read runs from W&B instead (public API; needs network and an API key)")
+    parser.add_argument("--group", default=None, help="with --wandb: the sweep's W&B group, "
+                        "e.g. cifar10-degradation")

@@ -1,0 +1,150 @@
+"""Fig. 6 of He et al. (2016) from a sweep: training (dashed) and test (bold) error against iterations.
+
+    python experiments/plot_degradation.py runs/cifar10-degradation                # -> runs/cifar10-degradation/fig6.{png,pdf}
+    python experiments/plot_degradation.py runs/a/plain-20 runs/b/resnet-20 --out figs/mine
+    python experiments/plot_degradation.py --wandb ENTITY/resnet-degradation --group cifar10-degradation
+
+Panels as in the paper: plain nets (left), ResNets (middle), and ResNet-110 against deeper ResNets
+(right, only when a ResNet deeper than 110 layers is there). One colour per depth, the same in
+every panel, so plain-56 and ResNet-56 can be compared across panels. Works for runs of any length
+(the x axis switches to units of 1e4 iterations, as in the paper, from 10k iterations on) and for
+runs still in progress (their legend entry says how far they are).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Sequence
+
+if __package__ in (None, ""):  # run as a script: make `experiments` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from experiments import Run, WandbUnavailable, add_source_arguments, load_runs  # noqa: E402
+
+# The paper's colours, roughly: 20 yellow, 32 cyan, 44 green, 56 red, 110 black (1202 added).
+PAPER_COLORS = {20: "#e8b400", 32: "#17becf", 44: "#2ca02c", 56: "#d62728", 110: "#000000", 1202: "#9467bd"}
+OTHER_COLORS = ["#1f77b4", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#393b79", "#637939"]
+TRAIN_STYLE = dict(linestyle="--", linewidth=1.0)
+TEST_STYLE = dict(linestyle="-", linewidth=2.2)
+
+
+def depth_colors(depths: Sequence[int | None]) -> dict:
+    """One colour per depth, the paper's where it has one."""
+    colors, spare = {}, iter(OTHER_COLORS * 4)
+    for d in sorted({d for d in depths if d is not None}):
+        colors[d] = PAPER_COLORS.get(d) or next(spare)
+    colors[None] = "#555555"
+    return colors
+
+
+def panels(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
+    """[(title, runs)] in the paper's order: plain, ResNet, ResNet-110 vs deeper (when present)."""
+    plain = [r for r in runs if r.residual is False]
+    resnets = [r for r in runs if r.residual]
+    deep = [r for r in resnets if r.depth is not None and r.depth > 110]
+    out = []
+    if plain:
+        out.append(("plain", plain))
+    if resnets:
+        out.append(("ResNet", [r for r in resnets if r not in deep]))
+    if deep:
+        out.append(("ResNet-110 vs deeper", [r for r in resnets if r.depth == 110] + deep))
+    return [(t, rs) for t, rs in out if rs]
+
+
+def legend_label(run: Run) -> str:
+    label = run.name if run.name == run.net else f"{run.name} ({run.net})"
+    if not run.finished:
+        label += f" [{run.steps_done}/{run.num_train_steps or '?'}]"
+    return label
+
+
+def plot(runs: Sequence[Run], title: str | None = None):
+    """The figure (one panel per group of runs); lines carry gid ``NAME/train`` or ``NAME/test``."""
+    groups = panels(runs)
+    if not groups:
+        raise ValueError("no plain or residual runs to plot (is each run's config.json there?)")
+    colors = depth_colors([r.depth for r in runs])
+    max_step = max([r.steps_done for r in runs] + [1])
+    scale, xlabel = (1e4, "iter. (1e4)") if max_step >= 10_000 else (1.0, "iterations")
+    errors = [100 * e for r in runs for _, e in r.train + r.test]
+    top = 20.0 if not errors or max(errors) <= 20 else min(100.0, 10 * math.ceil(max(errors) / 10 + 0.05))
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), sharey=True, squeeze=False)
+    for ax, (panel_title, panel_runs) in zip(axes[0], groups):
+        for run in sorted(panel_runs, key=Run.sort_key):
+            color = colors[run.depth]
+            if run.train:
+                (line,) = ax.plot([s / scale for s, _ in run.train], [100 * e for _, e in run.train],
+                                  color=color, **TRAIN_STYLE)
+                line.set_gid(f"{run.name}/train")
+            if run.test:
+                (line,) = ax.plot([s / scale for s, _ in run.test], [100 * e for _, e in run.test], color=color,
+                                  marker="o" if len(run.test) == 1 else None, label=legend_label(run), **TEST_STYLE)
+                line.set_gid(f"{run.name}/test")
+            elif run.train:  # no evaluation yet: label the training curve
+                ax.lines[-1].set_label(legend_label(run))
+        ax.set_title(panel_title)
+        ax.set_xlabel(xlabel)
+        ax.set_xlim(left=0)
+        ax.set_ylim(0, top)
+        ax.grid(True, alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], color="0.3", **TRAIN_STYLE), Line2D([], [], color="0.3", **TEST_STYLE)]
+        labels += ["training error", "test error"]
+        ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.85)
+    axes[0][0].set_ylabel("error (%)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, out: str) -> list[str]:
+    """Writes OUT.png and OUT.pdf (an extension on OUT is dropped)."""
+    base, ext = os.path.splitext(out)
+    base = base if ext.lower() in (".png", ".pdf") else out
+    os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
+    paths = [base + ".png", base + ".pdf"]
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1])
+    return paths
+
+
+def default_title(runs: Sequence[Run]) -> str:
+    steps = sorted({r.num_train_steps for r in runs if r.num_train_steps})
+    hardware = sorted({r.hardware for r in runs})
+    steps_text = "/".join(str(s) for s in steps) or "?"
+    return f"CIFAR-10, {steps_text} iterations ({', '.join(hardware)})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_source_arguments(parser)
+    parser.add_argument("--out", default=None,
+                        help="output path without extension (default: SWEEP_DIR/fig6, or fig6-GROUP for W&B)")
+    parser.add_argument("--title", default=None, help="figure title (default: steps and hardware)")
+    args = parser.parse_args(argv)
+    try:
+        runs = load_runs(args.paths, args.wandb, args.group)
+        fig = plot(runs, args.title if args.title is not None else default_title(runs))
+    except (WandbUnavailable, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or (os.path.join(args.paths[0], "fig6") if args.paths and not args.wandb
+                       else f"fig6-{args.group or 'wandb'}")
+    for path in save(fig, out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
