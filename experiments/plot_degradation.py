@@ -67,7 +67,16 @@ def legend_label(run: Run) -> str:
     return label
 
 
-def plot(runs: Sequence[Run], title: str | None = None):
+def y_top(runs: Sequence[Run]) -> float:
+    """The paper's 0-20% where the final errors fit it (early, higher errors leave the plot at the top,
+    as in the paper); otherwise room above the highest final error."""
+    finals = [100 * e for r in runs for e in (r.final_train_error, r.final_test_error) if e is not None]
+    if not finals or max(finals) <= 15:
+        return 20.0
+    return float(min(100, 10 * math.ceil(1.25 * max(finals) / 10)))
+
+
+def plot(runs: Sequence[Run], title: str | None = None, ylim: float | None = None):
     """The figure (one panel per group of runs); lines carry gid ``NAME/train`` or ``NAME/test``."""
     groups = panels(runs)
     if not groups:
@@ -75,8 +84,7 @@ def plot(runs: Sequence[Run], title: str | None = None):
     colors = depth_colors([r.depth for r in runs])
     max_step = max([r.steps_done for r in runs] + [1])
     scale, xlabel = (1e4, "iter. (1e4)") if max_step >= 10_000 else (1.0, "iterations")
-    errors = [100 * e for r in runs for _, e in r.train + r.test]
-    top = 20.0 if not errors or max(errors) <= 20 else min(100.0, 10 * math.ceil(max(errors) / 10 + 0.05))
+    top = ylim or y_top(runs)
 
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), sharey=True, squeeze=False)
     for ax, (panel_title, panel_runs) in zip(axes[0], groups):
@@ -132,10 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None,
                         help="output path without extension (default: SWEEP_DIR/fig6, or fig6-GROUP for W&B)")
     parser.add_argument("--title", default=None, help="figure title (default: steps and hardware)")
+    parser.add_argument("--ymax", type=float, default=None,
+                        help="top of the error axis in %% (default: 20 as in the paper where the final errors fit)")
     args = parser.parse_args(argv)
     try:
         runs = load_runs(args.paths, args.wandb, args.group)
-        fig = plot(runs, args.title if args.title is not None else default_title(runs))
+        fig = plot(runs, args.title if args.title is not None else default_title(runs), args.ymax)
     except (WandbUnavailable, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

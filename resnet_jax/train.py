@@ -237,6 +237,18 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _set_aside_previous_run(workdir: str) -> None:
+    """resume=false starts over without destroying anything: the old run moves to previous-<time>/."""
+    names = [n for n in ("checkpoints", metric_writers.METRICS_FILE, "config.json") if os.path.exists(os.path.join(workdir, n))]
+    if not names:
+        return
+    aside = os.path.join(workdir, time.strftime("previous-%Y%m%d-%H%M%S"))
+    os.makedirs(aside)
+    for name in names:
+        os.replace(os.path.join(workdir, name), os.path.join(aside, name))
+    print(f"resume=false: the previous run in {workdir} was moved to {aside}", flush=True)
+
+
 def _progress_line(config, step: int, metrics: dict) -> str:
     line = f"{config.name} step {step}/{config.num_train_steps}"
     if "train/loss" in metrics:
@@ -257,8 +269,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     config_path = os.path.join(workdir, "config.json")
 
+    if not config.resume and is_main:
+        _set_aside_previous_run(workdir)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    start = ckpt.latest_step() if config.resume else None
+    start = ckpt.latest_step()
     if start is not None and os.path.exists(config_path):
         with open(config_path) as f:
             diff = frozen_config_diff(json.load(f), config.to_dict())

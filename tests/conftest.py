@@ -3,12 +3,15 @@
 XLA_FLAGS must be set before jax is imported anywhere, hence here.
 """
 import os
+import tempfile
 import pathlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One XLA compilation cache for the test session: subprocess runs of the same net compile once.
+os.environ.setdefault("RESNET_JAX_TEST_CACHE", tempfile.mkdtemp(prefix="resnet_jax_xla_cache_"))
 
 import sys  # noqa: E402
 

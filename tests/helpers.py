@@ -14,7 +14,7 @@ TINY = ("--config.batch_size=32", "--config.log_every=5", "--config.eval_every=1
 
 def main_command(workdir, *overrides, config="configs/cifar10.py:depth=8"):
     return [sys.executable, "-m", "resnet_jax.main", f"--config={config}", f"--workdir={workdir}",
-            "--compilation_cache=", *overrides]
+            f"--compilation_cache={os.environ.get('RESNET_JAX_TEST_CACHE', '')}", *overrides]
 
 
 def env_with_devices(devices=8, **extra):

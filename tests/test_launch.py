@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,10 +130,9 @@ def test_dry_run_quick_sweep_single_run_and_single_config(tmp_path):
                              "--dry-run").stdout)
     assert flag(cmd, "--config") == "configs/cifar10.py:depth=8,residual=false"
     assert flag(cmd, "--workdir") == str(tmp_path / "p8")
-    (cmd,) = commands(launch("configs/cifar10.py:depth=8,residual=false", "--dry-run").stdout)
-    assert flag(cmd, "--workdir") == "runs/plain-8"
-    cmds = commands(launch(f"{DEGRADATION}:quick", "--dry-run").stdout)
-    assert flag(cmds[0], "--workdir") == "runs/cifar10-degradation-quick/plain-20"
+    # Default workdirs (only the names: real runs there may make this launch skip some).
+    assert " in runs/plain-8" in launch("configs/cifar10.py:depth=8,residual=false", "--dry-run").stdout
+    assert " in runs/cifar10-degradation-quick" in launch(f"{DEGRADATION}:quick", "--dry-run").stdout
 
 
 def test_dry_run_parallel_on_cpu(tmp_path):
@@ -303,6 +303,60 @@ def test_bad_python_is_a_clear_error():
     proc = launch("configs/cifar10.py", "--dry-run", env=env_for(RESNET_JAX_PYTHON="/nonexistent/python"),
                   check=False)
     assert proc.returncode == 2 and "RESNET_JAX_PYTHON" in proc.stderr
+
+
+VENV_PYTHON_STUB = """#!/bin/bash
+echo "venv-python $*" >> "$STUB_LOG"
+case "$1 $2" in
+  "-c "*) [[ -f "$STUB_DIR/installed" ]] ;;
+  "-m pip") touch "$STUB_DIR/installed" ;;
+  *) exec "$REAL_PYTHON" "$@" ;;
+esac
+"""
+PYTHON3_STUB = """#!/bin/bash
+echo "python3 $*" >> "$STUB_LOG"
+if [[ "$1 $2" == "-m venv" ]]; then mkdir -p "$3/bin" && cp "$STUB_DIR/venv-python" "$3/bin/python"; fi
+"""
+
+
+def test_first_use_creates_the_venv_and_installs_the_project(tmp_path):
+    """No RESNET_JAX_PYTHON, no active venv, no .venv: `python3 -m venv .venv && pip install -e .` once."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(LAUNCH, repo / "launch.sh")
+    shutil.copytree(REPO / "configs", repo / "configs")
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for name, text in (("python3", PYTHON3_STUB), ("venv-python", VENV_PYTHON_STUB)):
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    log = tmp_path / "log"
+    env = env_for(PATH=f"{stubs}:{os.environ['PATH']}", STUB_LOG=str(log), STUB_DIR=str(stubs),
+                  REAL_PYTHON=sys.executable, RESNET_JAX_EXTRAS="")
+    del env["RESNET_JAX_PYTHON"]
+
+    def run():
+        return subprocess.run([str(repo / "launch.sh"), "configs/cifar10.py", "--dry-run"], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=60, check=True)
+
+    (cmd,) = commands(run().stdout)
+    assert cmd[0] == str(repo / ".venv" / "bin" / "python")
+    calls = log.read_text().splitlines()
+    assert f"python3 -m venv {repo}/.venv" in calls
+    assert f"venv-python -m pip install -e {repo}" in calls
+    log.write_text("")
+    (cmd,) = commands(run().stdout)  # second time: nothing to install
+    assert cmd[0] == str(repo / ".venv" / "bin" / "python")
+    assert not any(c.startswith("python3") or " pip " in c for c in log.read_text().splitlines())
+
+
+def test_active_venv_is_used(tmp_path):
+    venv = tmp_path / "venv"  # another name for the environment running the tests
+    venv.symlink_to(os.path.dirname(os.path.dirname(sys.executable)))
+    env = env_for(VIRTUAL_ENV=str(venv))
+    del env["RESNET_JAX_PYTHON"]
+    (cmd,) = commands(launch("configs/cifar10.py", "--dry-run", env=env).stdout)
+    assert cmd[0] == str(venv / "bin" / "python")
 
 
 def test_help():

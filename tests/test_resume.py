@@ -9,8 +9,8 @@ import pytest
 
 from helpers import REPO, env_with_devices, main_command, read_jsonl, read_wandb_offline_run, run_main, without_timing
 
-STEPS = 120
-RUN = ("--config.batch_size=32", "--config.log_every=5", "--config.eval_every=40", "--config.checkpoint_every=20",
+STEPS = 60
+RUN = ("--config.batch_size=32", "--config.log_every=5", "--config.eval_every=20", "--config.checkpoint_every=10",
        "--config.eval_batch_size=512", f"--config.num_train_steps={STEPS}")
 
 
@@ -54,11 +54,11 @@ def assert_same_metrics(records, reference):
 
 
 def test_sigterm_saves_and_resume_is_bit_identical(uninterrupted, data_flag, tmp_path):
-    proc = start_and_kill_when(tmp_path, data_flag, signal.SIGTERM, logged_step(27))
+    proc = start_and_kill_when(tmp_path, data_flag, signal.SIGTERM, logged_step(17))
     assert proc.returncode == 128 + signal.SIGTERM, proc.err[-3000:]
     assert "stopped by SIGTERM" in proc.out and "Re-run the same command to resume" in proc.out
     stopped_at = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert 27 <= stopped_at < STEPS
+    assert 17 <= stopped_at < STEPS
     resumed = run_main(tmp_path, data_flag, *RUN)
     assert f"resuming from step {stopped_at}" in resumed.stdout
     assert_same_metrics(read_jsonl(tmp_path / "metrics.jsonl"), uninterrupted)
@@ -83,9 +83,9 @@ def test_sigkill_during_saves_resumes_from_newest_complete_checkpoint(uninterrup
 
 
 def test_save_on_8_devices_resume_on_2(uninterrupted, data_flag, tmp_path):
-    run_main(tmp_path, data_flag, *RUN[:-1], "--config.num_train_steps=40", devices=8)
+    run_main(tmp_path, data_flag, *RUN[:-1], "--config.num_train_steps=20", devices=8)
     resumed = run_main(tmp_path, data_flag, *RUN, devices=2)
-    assert "resuming from step 40" in resumed.stdout
+    assert "resuming from step 20" in resumed.stdout
     records = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [r["step"] for r in uninterrupted]
     config = json.loads((tmp_path / "config.json").read_text())
@@ -95,7 +95,7 @@ def test_save_on_8_devices_resume_on_2(uninterrupted, data_flag, tmp_path):
 
 
 def test_changed_model_field_is_refused_and_nan_stops_keeping_the_checkpoint(data_flag, tmp_path):
-    run_main(tmp_path, data_flag, *RUN[:-1], "--config.num_train_steps=20")
+    run_main(tmp_path, data_flag, *RUN[:-1], "--config.num_train_steps=10")
     before = (tmp_path / "metrics.jsonl").read_text()
     refused = run_main(tmp_path, data_flag, *RUN, "--config.model.residual=false", "--config.seed=1", check=False)
     assert refused.returncode != 0
@@ -103,23 +103,25 @@ def test_changed_model_field_is_refused_and_nan_stops_keeping_the_checkpoint(dat
     assert "--config.resume=false" in refused.stderr
     diverged = run_main(tmp_path, data_flag, *RUN, "--config.learning_rate=1e30", check=False)
     assert diverged.returncode != 0
-    assert "training loss is nan" in diverged.stderr.lower() and "last good checkpoint is step 20" in diverged.stderr
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["20"]
+    assert "training loss is nan" in diverged.stderr.lower() and "last good checkpoint is step 10" in diverged.stderr
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["10"]
     assert (tmp_path / "metrics.jsonl").read_text() == before  # nothing logged past the last good step
     fresh = run_main(tmp_path, data_flag, *RUN[:-1], "--config.num_train_steps=10", "--config.resume=false")
-    assert "resuming" not in fresh.stdout
+    assert "resuming" not in fresh.stdout and "was moved to" in fresh.stdout
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("previous-")]
+    assert len(aside) == 1 and (aside[0] / "metrics.jsonl").read_text() == before  # set aside, not lost
 
 
 def test_wandb_offline_run_holds_metrics_and_config(data_flag, tmp_path):
     env = env_with_devices(8, WANDB_MODE="offline")
-    proc = subprocess.run(main_command(tmp_path, data_flag, *RUN[:-1], "--config.num_train_steps=40",
+    proc = subprocess.run(main_command(tmp_path, data_flag, *RUN[:-1], "--config.num_train_steps=20",
                                        "--config.wandb.group=test-sweep"),
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_files = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(run_files) == 1
     history, config, summary = read_wandb_offline_run(run_files[0])
-    assert [h["_step"] for h in history] == list(range(5, 41, 5))
+    assert [h["_step"] for h in history] == list(range(5, 21, 5))
     ours = read_jsonl(tmp_path / "metrics.jsonl")
     assert [h["train/error"] for h in history] == [r["train/error"] for r in ours]
     assert [h["test/error"] for h in history if "test/error" in h] == [r["test/error"] for r in ours if "test/error" in r]
