@@ -61,6 +61,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.warmup_learning_rate = 0.01
     c.warmup_until_error = 0.8
 
+    # Fine-tuning from a trained run (see resnet_jax/finetune.py).
+    c.init_from = config_dict.placeholder(str)       # a run's workdir or WORKDIR/checkpoints/STEP
+    c.freeze_backbone = False                        # True: linear probe (only the new head trains)
+    c.backbone_learning_rate = config_dict.placeholder(float)  # None: same as learning_rate
+
     # Bookkeeping.
     c.log_every = 100
     c.eval_every = 1000

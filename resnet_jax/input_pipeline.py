@@ -65,18 +65,28 @@ def load_split(dataset: str, split: str, data_dir: str | None) -> tuple[np.ndarr
     tfds = _tfds()
     builder = tfds.builder(dataset, data_dir=data_dir)
     if not builder.is_prepared():
-        missing = (f"{dataset} is not prepared in {builder.data_dir!r} and could not be downloaded "
-                   "({why}). Without network, copy a TFDS-prepared '" + dataset + "' folder (from "
-                   "~/tensorflow_datasets of a machine that has it) and pass --config.data_dir=ITS_PARENT_FOLDER.")
-        if not _reachable(builder.info.homepage):  # fail in seconds, not after minutes of retries
-            raise DatasetUnavailableError(missing.format(why=f"no network: {builder.info.homepage} is unreachable"))
-        try:
-            builder.download_and_prepare()
-        except Exception as e:
-            raise DatasetUnavailableError(missing.format(why=f"{type(e).__name__}: {e}"[:300])) from None
-    data = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
-    images, labels = tfds.as_numpy(data)
+        _prepare(builder, dataset)
+    chunks = list(tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True).batch(10_000)))
+    images = np.concatenate([c[0] for c in chunks])
+    labels = np.concatenate([c[1] for c in chunks])
     return images.astype(np.uint8), labels.astype(np.int32)
+
+
+def _prepare(builder, dataset: str) -> None:
+    """Downloads and prepares the dataset, or says in one line how to provide it offline."""
+    import tensorflow_datasets as tfds
+
+    if tfds.core.DatasetBuilder.as_dataset.__module__.endswith("testing.mocking"):
+        return  # inside tfds.testing.mock_data: nothing to prepare
+    missing = (f"{dataset} is not prepared in {builder.data_dir!r} and could not be downloaded "
+               "({why}). Without network, copy a TFDS-prepared '" + dataset + "' folder (from "
+               "~/tensorflow_datasets of a machine that has it) and pass --config.data_dir=ITS_PARENT_FOLDER.")
+    if not _reachable(builder.info.homepage):  # fail in seconds, not after minutes of retries
+        raise DatasetUnavailableError(missing.format(why=f"no network: {builder.info.homepage} is unreachable"))
+    try:
+        builder.download_and_prepare()
+    except Exception as e:
+        raise DatasetUnavailableError(missing.format(why=f"{type(e).__name__}: {e}"[:300])) from None
 
 
 @flax.struct.dataclass

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from resnet_jax import checkpointing, input_pipeline, metric_writers, models
+from resnet_jax import checkpointing, finetune, input_pipeline, metric_writers, models
 
 # Fields that define what a run computes; resuming with any of them changed is refused.
 FROZEN_FIELDS = ("dataset", "val_split", "seed", "batch_size", "model")
@@ -67,17 +67,26 @@ def make_model(config, num_classes: int):
     return models.create_model(config.model.family, num_classes=num_classes, **fields)
 
 
-def lr_schedule(config) -> optax.Schedule:
+def lr_schedule(config, base_lr: float | None = None) -> optax.Schedule:
     """The paper's step schedule: lr divided by 10 at fixed iterations (32k and 48k)."""
     return optax.piecewise_constant_schedule(
-        config.learning_rate, {int(b): config.lr_decay for b in config.lr_boundaries})
+        config.learning_rate if base_lr is None else base_lr, {int(b): config.lr_decay for b in config.lr_boundaries})
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """SGD with momentum and L2 weight decay added to the gradient (as Caffe/PyTorch SGD)."""
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay),
-        optax.sgd(lr_schedule(config), momentum=config.momentum))
+    """SGD with momentum and L2 weight decay added to the gradient (as Caffe/PyTorch SGD).
+
+    Fine-tuning may freeze the backbone or give it its own learning rate; the head always
+    trains at `learning_rate`.
+    """
+    def sgd(base_lr=None):
+        return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                           optax.sgd(lr_schedule(config, base_lr), momentum=config.momentum))
+
+    backbone_lr = config.get("backbone_learning_rate")
+    if not config.get("freeze_backbone") and backbone_lr is None:
+        return sgd()
+    return finetune.split_optimizer(sgd(), None if config.get("freeze_backbone") else sgd(backbone_lr))
 
 
 def uses_warmup(config) -> bool:
@@ -119,8 +128,11 @@ def train_step(state: TrainState, data: input_pipeline.DeviceData, *, model, tx,
     labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
 
     def loss_fn(params):
-        logits, updated = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
-                                      train=True, mutable=["batch_stats"])
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        if config.get("freeze_backbone"):  # linear probe: a fixed feature extractor, BN in eval mode
+            logits = model.apply(variables, images, train=False)
+            return cross_entropy(logits, labels).mean(), (logits, state.batch_stats)
+        logits, updated = model.apply(variables, images, train=True, mutable=["batch_stats"])
         return cross_entropy(logits, labels).mean(), (logits, updated["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -138,19 +150,28 @@ def train_step(state: TrainState, data: input_pipeline.DeviceData, *, model, tx,
         warmup=state.warmup & (error_ema >= config.warmup_until_error), error_ema=error_ema, sums=sums)
 
 
-def evaluate(state: TrainState, test: input_pipeline.EvalData, mean: jax.Array, *, model):
-    """(number of errors, summed loss) over the whole split; padding is masked out."""
+def evaluate(state: TrainState, test: input_pipeline.EvalData, mean: jax.Array, *, model) -> dict:
+    """Summed top-1 errors, top-5 errors and loss over the whole split; padding is masked out."""
 
     def batch_totals(totals, batch):
         images, labels, mask = batch
         logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                              input_pipeline.normalize(images, mean), train=False)
-        wrong = (jnp.argmax(logits, -1) != labels) * mask
-        return (totals[0] + wrong.sum(), totals[1] + (cross_entropy(logits, labels) * mask).sum()), None
+        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+        batch = {"error": (jnp.argmax(logits, -1) != labels) * mask,
+                 "top5_error": (~jnp.any(top5 == labels[:, None], axis=-1)) * mask,
+                 "loss": cross_entropy(logits, labels) * mask}
+        return {k: totals[k] + v.sum() for k, v in batch.items()}, None
 
-    zero = jnp.zeros((), jnp.float32)
-    totals, _ = jax.lax.scan(batch_totals, (zero, zero), (test.images, test.labels, test.mask))
+    zero = {k: jnp.zeros((), jnp.float32) for k in ("error", "top5_error", "loss")}
+    totals, _ = jax.lax.scan(batch_totals, zero, (test.images, test.labels, test.mask))
     return totals
+
+
+def eval_metrics(totals: dict, num_examples: int, num_classes: int) -> dict:
+    """Per-example averages of `evaluate`'s sums; top-5 only where it means something (100+ classes)."""
+    names = ("error", "loss", "top5_error") if num_classes >= 100 else ("error", "loss")
+    return {f"test/{k}": float(host_value(totals[k])) / num_examples for k in names}
 
 
 def make_train_step(config, model, tx, mesh: Mesh):
@@ -237,6 +258,21 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def start_from_pretrained(state: TrainState, path: str, sharding) -> tuple[TrainState, dict]:
+    """`state` with the backbone (and fitting head) of the checkpoint at `path`."""
+    params, stats, step = finetune.load_variables(path)
+    params, fresh = finetune.merge_pretrained(jax.device_get(state.params), params, "parameters")
+    stats, _ = finetune.merge_pretrained(jax.device_get(state.batch_stats), stats, "batch statistics")
+    place = lambda tree: jax.tree.map(lambda a: input_pipeline.put_replicated(np.asarray(a), sharding), tree)
+    report = {"path": os.path.abspath(path), "step": step, "reinitialized": fresh}
+    return state.replace(params=place(params), batch_stats=place(stats)), report
+
+
+def _saved_runtime(config_path: str) -> dict:
+    with open(config_path) as f:
+        return json.load(f).get("runtime", {})
+
+
 def _set_aside_previous_run(workdir: str) -> None:
     """resume=false starts over without destroying anything: the old run moves to previous-<time>/."""
     names = [n for n in ("checkpoints", metric_writers.METRICS_FILE, "config.json") if os.path.exists(os.path.join(workdir, n))]
@@ -290,9 +326,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tx = make_optimizer(config)
     replicated = NamedSharding(mesh, P())
     init = functools.partial(init_state, config, model, tx, data.num_classes)
+    init_report = None
     if start is None:
         state = jax.jit(init, out_shardings=replicated)()
         meta = {"wandb_run_id": uuid.uuid4().hex[:12]}
+        if config.get("init_from"):
+            state, init_report = start_from_pretrained(state, config.init_from, replicated)
+            print(f"{config.name}: initialised from {init_report['path']} (step {init_report['step']}); "
+                  f"new: {', '.join(init_report['reinitialized']) or 'nothing'}", flush=True)
     else:
         abstract = checkpointing.abstract_with_sharding(jax.eval_shape(init), replicated)
         state, meta = ckpt.restore(start, abstract)
@@ -304,6 +345,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         record["runtime"] = {"devices": mesh.size, "device_kind": jax.devices()[0].device_kind,
                              "processes": jax.process_count(), "num_train": data.num_train, "num_test": data.num_test,
                              "bn_statistics_over": config.model.bn_group_size or config.batch_size}
+        if init_report or (start is not None and os.path.exists(config_path)):
+            record["runtime"]["init_from"] = init_report or _saved_runtime(config_path).get("init_from")
         with open(config_path + ".tmp", "w") as f:
             json.dump(record, f, indent=2)
         os.replace(config_path + ".tmp", config_path)
@@ -312,8 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step_fn = make_train_step(config, model, tx, mesh)
     eval_fn = jax.jit(functools.partial(evaluate, model=model), out_shardings=replicated)
     def run_eval(state):
-        wrong, loss = (float(host_value(v)) for v in eval_fn(state, data.test, data.train.mean))
-        return {"test/error": wrong / data.num_test, "test/loss": loss / data.num_test}
+        return eval_metrics(eval_fn(state, data.test, data.train.mean), data.num_test, data.num_classes)
 
     last: dict = {}
     best_test = None
