@@ -99,6 +99,8 @@ def hardware_from_runtime(runtime: dict | None) -> str:
     text = f"{runtime.get('devices', '?')}x {kind}"
     if runtime.get("processes", 1) not in (1, None):
         text += f" ({runtime['processes']} processes)"
+    if kind.lower() == "cpu" and runtime.get("host"):
+        text += f" on {runtime['host']}"
     return text
 
 

@@ -27,9 +27,9 @@ def _initialize_distributed() -> None:
     """jax.distributed on multi-host launches (TPU pods, SLURM, or the env vars of launch.sh)."""
     import jax
 
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS", "1") != "1" \
-            or os.environ.get("TPU_WORKER_HOSTNAMES", "localhost").count(",") > 0:
-        jax.distributed.initialize()
+    if os.environ.get("RESNET_JAX_DISTRIBUTED") == "1" or os.environ.get("JAX_COORDINATOR_ADDRESS") \
+            or os.environ.get("SLURM_NTASKS", "1") != "1" or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        jax.distributed.initialize()  # finds coordinator and ranks itself on TPU pods and under SLURM
 
 
 def _enable_compilation_cache(path: str) -> None:

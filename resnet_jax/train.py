@@ -224,6 +224,19 @@ def frozen_config_diff(saved: dict, current: dict) -> list[str]:
 # ----------------------------------------------------------------------------- the loop
 
 
+def host_description() -> str:
+    """CPU model and core count of this host, for the hardware column of reports."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
 def host_value(x) -> np.ndarray:
     """A replicated global array as numpy, on any host."""
     return np.asarray(x.addressable_data(0))
@@ -342,7 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     if is_main:
         record = config.to_dict()
-        record["runtime"] = {"devices": mesh.size, "device_kind": jax.devices()[0].device_kind,
+        record["runtime"] = {"devices": mesh.size, "device_kind": jax.devices()[0].device_kind, "host": host_description(),
                              "processes": jax.process_count(), "num_train": data.num_train, "num_test": data.num_test,
                              "bn_statistics_over": config.model.bn_group_size or config.batch_size}
         if init_report or (start is not None and os.path.exists(config_path)):
