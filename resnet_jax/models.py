@@ -30,7 +30,6 @@ from typing import Any, Callable
 import jax
 import jax.extend
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 ModuleDef = Any
@@ -94,9 +93,10 @@ def canonical_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilati
     channels swapped) into it, but not inside a while loop, i.e. ``nn.scan``:
     there they fall back to a naive loop nest, ~10x slower (the scanned
     ResNet-110 step was 9x slower than the unrolled one; with this VJP it is
-    within ~20%). Used for 2-D stride-1, undilated, ungrouped convs with
-    explicit padding (all the convs in scanned blocks); anything else goes to
-    ``lax.conv_general_dilated`` unchanged.
+    on par). Used for 2-D stride-1, undilated, ungrouped convs with explicit
+    padding (all the convs in scanned blocks); an unpadded 1x1 one is a plain
+    matmul (~1.5x faster training step of bottleneck blocks on XLA CPU, in and
+    out of loops). Anything else goes to ``lax.conv_general_dilated`` unchanged.
     """
     simple = (
         lhs.ndim == 4
@@ -107,6 +107,8 @@ def canonical_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilati
         and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
         == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     )
+    if simple and rhs.shape[:2] == (1, 1) and all(tuple(p) == (0, 0) for p in padding):
+        return jnp.einsum("nhwc,cd->nhwd", lhs, rhs[0, 0], precision=precision)
     if simple:
         return _conv_stride1(lhs, rhs, tuple(tuple(p) for p in padding), precision)
     return jax.lax.conv_general_dilated(
@@ -271,7 +273,7 @@ class Block(nn.Module):
 
         if self.residual:
             if project:
-                sc = self.conv(out_ch, (1, 1), (s, s), padding="VALID", name="proj_conv")(shortcut_in)
+                sc = self.conv(out_ch, (1, 1), (s, s), padding=[(0, 0)] * 2, name="proj_conv")(shortcut_in)
                 if not self.preact:
                     sc = self.norm(name="proj_bn")(sc)
             elif reshapes:
@@ -317,12 +319,15 @@ def imagenet_stages(depth: int) -> tuple[int, ...]:
     return IMAGENET_STAGES[depth]
 
 
-#: ``scan=None`` picks nn.scan when a net has more than this many blocks.
-#: Measured on this 2-core CPU (docs_models_note.md): the unrolled training step
-#: of ResNet-110 (54 blocks) compiles in ~20 s and runs ~8x faster than the
-#: scanned one, but unrolled compile time grows superlinearly and ResNet-1202
-#: (600 blocks) does not compile in minutes; scanned compile is flat in depth.
-SCAN_AUTO_MIN_BLOCKS = 60
+#: ``scan=None`` scans the blocks of nets with more blocks than this. Measured on
+#: XLA CPU (training step, docs_models_note.md): scanned compile is flat in depth
+#: (~3 s) while unrolled grows superlinearly (ResNet-110 ~10 s, depth 218 ~48 s,
+#: ResNet-1202 not within 10 min); with ``canonical_conv_grad`` the scanned step
+#: is 5-13% slower up to ResNet-56 (27 blocks) and faster from ResNet-110 (54
+#: blocks) on. Deliberately the same on every backend, so a net's parameter
+#: layout (and a checkpoint) does not depend on where it runs; GPUs are not
+#: measured yet: force ``scan`` there if they disagree.
+SCAN_AUTO_MAX_UNROLLED_BLOCKS = 30
 
 
 # --------------------------------------------------------------------------
@@ -345,10 +350,10 @@ class _ResNetBase(nn.Module):
     zero_init_residual: bool = False
     stride_in_3x3: bool = False
     scan: bool | None = None
-    canonical_conv_grad: bool | None = None
-    conv_cls: ModuleDef = nn.Conv
+    canonical_conv_grad: bool | None = None  # None: on for the CPU backend (see canonical_conv_general_dilated)
+    conv_cls: ModuleDef = nn.Conv  # an nn.Conv (sub)class: a hook for other conv implementations
 
-    # subclasses define: stages(), bottleneck / preact, stem(), stage strides
+    # subclasses define stages(), bottleneck, preact and __call__ (stem, stages, head)
     def __post_init__(self):
         self.stages()  # validates depth
         if self.shortcut not in SHORTCUTS:
@@ -363,7 +368,7 @@ class _ResNetBase(nn.Module):
     @property
     def use_scan(self) -> bool:
         if self.scan is None:
-            return sum(self.stages()) > SCAN_AUTO_MIN_BLOCKS
+            return sum(self.stages()) > SCAN_AUTO_MAX_UNROLLED_BLOCKS
         return self.scan
 
     def parts(self, train: bool):
@@ -428,13 +433,17 @@ class CifarResNet(_ResNetBase):
     16/32/64 -> outputs 64/128/256, e.g. ResNet-164 and -1001). Shortcut 'A' by
     default, as in the paper's CIFAR nets.
 
-    ``scan``: None = auto (``nn.scan`` over the identical blocks of each stage
-    when the net has more than ``SCAN_AUTO_MIN_BLOCKS`` = 60 blocks, i.e. from
-    ResNet-164 / ResNet-1202 on; unrolled up to ResNet-110), True / False force
-    it. On XLA CPU the scanned backward is several times slower but its compile
-    time is flat in depth; on GPU measure and force as needed. Scanned and
-    unrolled nets compute the same function; their params differ only in
-    layout (``stage{i}_blocks`` holds blocks 2..n stacked on axis 0).
+    ``scan``: True = ``nn.scan`` over the identical blocks 2..n of each stage
+    (one traced body: compile time flat in depth), False = unrolled, None =
+    auto by the number of blocks (``SCAN_AUTO_MAX_UNROLLED_BLOCKS`` = 30):
+    unrolled up to ResNet-56 (27 blocks), scanned from ResNet-110 (54) on,
+    whatever the backend. Scanned and unrolled nets compute the same function; their
+    params differ only in layout (``stage{i}_blocks`` holds blocks 2..n stacked
+    on axis 0, as do the sown intermediates).
+
+    ``canonical_conv_grad``: None = auto (on for the CPU backend) uses
+    ``canonical_conv_general_dilated``, without which the scanned backward on
+    XLA CPU is ~10x slower.
     """
 
     num_classes: int = 10
@@ -464,8 +473,9 @@ class CifarResNet(_ResNetBase):
 class ImageNetResNet(_ResNetBase):
     """ImageNet nets of Table 1: 18/34 basic, 50/101/152 bottleneck (v1: stride on
     the first 1x1; ``stride_in_3x3=True`` for v1.5). 7x7/2 stem + 3x3/2 max-pool.
-    Shortcut 'B' by default, as torchvision. ``scan`` as in ``CifarResNet``
-    (auto: unrolled for all five depths).
+    Shortcut 'B' by default, as torchvision. ``scan`` and
+    ``canonical_conv_grad`` as in ``CifarResNet`` (auto: 18/34/50 unrolled,
+    101/152 scanned).
     """
 
     num_classes: int = 1000
@@ -622,18 +632,20 @@ def describe(name: str, **overrides) -> dict:
         residual=model.residual,
         shortcut=model.shortcut if model.residual else "-",
         blocks=sum(model.stages()),
+        scan=model.use_scan,
         params=params,
         macs=count_macs(model),
     )
 
 
 def _main():
-    print(f"{'model':<20} {'layers':>6} {'blocks':>6} {'shortcut':>8} {'params':>12} {'mult-adds':>10}")
+    print(f"{'model':<20} {'layers':>6} {'blocks':>6} {'scan':>5} {'shortcut':>8} {'params':>12} {'mult-adds':>10}")
     for name in MODEL_NAMES:
         d = describe(name)
         macs = f"{d['macs'] / 1e9:.2f}G" if d["macs"] >= 1e9 else f"{d['macs'] / 1e6:.1f}M"
         print(
-            f"{name:<20} {d['layers']:>6} {d['blocks']:>6} {d['shortcut']:>8} {d['params']:>12,} {macs:>10}",
+            f"{name:<20} {d['layers']:>6} {d['blocks']:>6} {'yes' if d['scan'] else 'no':>5} {d['shortcut']:>8}"
+            f" {d['params']:>12,} {macs:>10}",
             flush=True,
         )
 
