@@ -24,12 +24,23 @@ FLAGS = flags.FLAGS
 
 
 def _initialize_distributed() -> None:
-    """jax.distributed on multi-host launches (TPU pods, SLURM, or the env vars of launch.sh)."""
+    """jax.distributed on multi-host launches: TPU pods, SLURM, or local_cluster's explicit hosts.
+
+    A host that dies is noticed by the others within the heartbeat timeout: they stop instead
+    of waiting forever in a collective.
+    """
     import jax
 
-    if os.environ.get("RESNET_JAX_DISTRIBUTED") == "1" or os.environ.get("JAX_COORDINATOR_ADDRESS") \
+    heartbeat = int(os.environ.get("RESNET_JAX_HEARTBEAT_S", "100"))
+    if os.environ.get("RESNET_JAX_COORDINATOR"):  # set by resnet_jax.local_cluster (launch.sh --local-hosts)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices across processes
+        jax.distributed.initialize(
+            coordinator_address=os.environ["RESNET_JAX_COORDINATOR"],
+            num_processes=int(os.environ["RESNET_JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["RESNET_JAX_PROCESS_ID"]), heartbeat_timeout_seconds=heartbeat)
+    elif os.environ.get("RESNET_JAX_DISTRIBUTED") == "1" or os.environ.get("JAX_COORDINATOR_ADDRESS") \
             or os.environ.get("SLURM_NTASKS", "1") != "1" or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-        jax.distributed.initialize()  # finds coordinator and ranks itself on TPU pods and under SLURM
+        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)  # finds itself on TPU pods and SLURM
 
 
 def _enable_compilation_cache(path: str) -> None:
