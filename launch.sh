@@ -28,6 +28,9 @@ Options:
 Local (the default):
   --parallel N        run N at once (default: sequential; on a multi-GPU host one run per GPU)
   --data-parallel     on a multi-GPU host, give all GPUs to one run at a time
+  --runs-per-gpu K    pack K runs onto each GPU at once (small CIFAR nets do not fill a modern
+                      GPU); each gets XLA_PYTHON_CLIENT_MEM_FRACTION=0.9/K and allocates on demand
+                      (XLA_PYTHON_CLIENT_PREALLOCATE=false). See the README's performance section
   --gpus LIST         GPU ids to use, e.g. 0,1,2,3, or none (default: $CUDA_VISIBLE_DEVICES,
                       else every GPU nvidia-smi lists)
 
@@ -55,10 +58,10 @@ die() { echo "$PROG: error: $*" >&2; exit 2; }
 note() { echo "$PROG: $*" >&2; }
 
 # ------------------------------------------------------------------------------ arguments
-CONFIG="" WORKDIR="" PARALLEL="" DATA_PARALLEL=0 GPUS="" GPUS_SET=0 DRY_RUN=0
+CONFIG="" WORKDIR="" PARALLEL="" DATA_PARALLEL=0 GPUS="" GPUS_SET=0 DRY_RUN=0 RUNS_PER_GPU=1
 TPU="" ZONE="" PROJECT="" REMOTE_DIR="" SLURM=0
 OVERRIDES=() SBATCH_OPTS=()
-LAUNCH_OPTS=" --workdir --parallel --data-parallel --gpus --dry-run --tpu --zone --project --remote-dir --slurm -h --help "
+LAUNCH_OPTS=" --workdir --parallel --data-parallel --runs-per-gpu --gpus --dry-run --tpu --zone --project --remote-dir --slurm -h --help "
 
 is_launch_opt() { [[ $LAUNCH_OPTS == *" ${1%%=*} "* ]]; }
 looks_like_config() { [[ $1 != -* && ( $1 == *.py || $1 == *.py:* ) ]]; }
@@ -79,6 +82,8 @@ while (( $# )); do
     --workdir|--workdir=*) value_of --workdir "$@"; WORKDIR=$VALUE; shift "$SHIFT" ;;
     --parallel|--parallel=*) value_of --parallel "$@"; PARALLEL=$VALUE; shift "$SHIFT"
       [[ $PARALLEL =~ ^[1-9][0-9]*$ ]] || die "--parallel needs a positive number, got '$PARALLEL'" ;;
+    --runs-per-gpu|--runs-per-gpu=*) value_of --runs-per-gpu "$@"; RUNS_PER_GPU=$VALUE; shift "$SHIFT"
+      [[ $RUNS_PER_GPU =~ ^[1-9][0-9]*$ ]] || die "--runs-per-gpu needs a positive number, got '$RUNS_PER_GPU'" ;;
     --gpus|--gpus=*) value_of --gpus "$@"; GPUS=$VALUE; GPUS_SET=1; shift "$SHIFT" ;;
     --tpu|--tpu=*) value_of --tpu "$@"; TPU=$VALUE; shift "$SHIFT" ;;
     --zone|--zone=*) value_of --zone "$@"; ZONE=$VALUE; shift "$SHIFT" ;;
@@ -106,7 +111,7 @@ CONFIG_FILE=${CONFIG%%:*}
 [[ -n $TPU && $SLURM == 1 ]] && die "--tpu and --slurm do not go together"
 [[ -n $ZONE || -n $PROJECT || -n $REMOTE_DIR ]] && [[ -z $TPU ]] && die "--zone/--project/--remote-dir go with --tpu NAME"
 if [[ -n $TPU || $SLURM == 1 ]]; then
-  [[ $DATA_PARALLEL == 1 || $GPUS_SET == 1 ]] && die "--data-parallel and --gpus are for local runs (TPU and SLURM runs use every device they are given)"
+  [[ $DATA_PARALLEL == 1 || $GPUS_SET == 1 || $RUNS_PER_GPU != 1 ]] && die "--data-parallel, --gpus and --runs-per-gpu are for local runs (TPU and SLURM runs use every device they are given)"
 fi
 [[ -n $TPU && -n $PARALLEL ]] && die "--parallel is for local and SLURM launches (a TPU pod runs one run at a time)"
 
@@ -187,6 +192,7 @@ plan_args=(plan --format=shell "--gpus=$GPUS")
 [[ -n $WORKDIR ]] && plan_args+=("--workdir=$WORKDIR")
 (( SLURM )) || { [[ -n $PARALLEL ]] && plan_args+=("--parallel=$PARALLEL"); }
 (( DATA_PARALLEL )) && plan_args+=(--data-parallel)
+(( RUNS_PER_GPU > 1 )) && plan_args+=("--runs-per-gpu=$RUNS_PER_GPU")
 PLAN=$("$PY" -m resnet_jax.sweep "${plan_args[@]}" -- "$CONFIG" "${OVERRIDES[@]}") || exit 2
 eval "$PLAN"
 
@@ -227,12 +233,14 @@ run_cmd() {  # run_cmd I: the command of run I as an array in CMD
   local i=$1
   CMD=()
   [[ -n ${RUN_GPUS[i]} ]] && CMD+=("CUDA_VISIBLE_DEVICES=${RUN_GPUS[i]}")
+  [[ -n ${RUN_MEMFRAC[i]} ]] && CMD+=("XLA_PYTHON_CLIENT_MEM_FRACTION=${RUN_MEMFRAC[i]}" XLA_PYTHON_CLIENT_PREALLOCATE=false)
   CMD+=("$PY" -m resnet_jax.main "--config=${RUN_CONFIG[i]}" "--workdir=${RUN_DIR[i]}" "${OVERRIDES[@]}")
 }
 
 if (( DRY_RUN )); then
   if (( NUM_SLOTS > 1 )); then how="$NUM_SLOTS at a time (slot k runs its runs in order; output in <run>/launch.log)"
   else how="one after another"; fi
+  (( RUNS_PER_GPU > 1 )) && how+=", $RUNS_PER_GPU runs sharing each GPU"
   echo "# $SWEEP_NAME: ${#to_launch[@]} run(s) in $WORKDIR, $how; python from $PY_FROM"
   for i in "${to_launch[@]}"; do
     echo "# ${RUN_NAME[i]}: ${RUN_DESC[i]}$( (( NUM_SLOTS > 1 )) && echo ", slot ${RUN_SLOT[i]}")"
@@ -261,8 +269,8 @@ run_slot() {  # run_slot S: the runs of slot S, one after another
     (( STOPPING )) && break
     mkdir -p "${RUN_DIR[i]}" || { echo "${RUN_NAME[i]} 1" >> "$RESULTS/rc"; continue; }
     run_cmd "$i"
-    local envs=(env); [[ ${CMD[0]} == CUDA_VISIBLE_DEVICES=* ]] && { envs+=("${CMD[0]}"); CMD=("${CMD[@]:1}"); }
-    echo "==> ${RUN_NAME[i]}: ${RUN_DESC[i]} in ${RUN_DIR[i]}${RUN_GPUS[i]:+ (GPUs ${RUN_GPUS[i]})}$( (( NUM_SLOTS > 1 )) && echo "; log: ${RUN_DIR[i]}/launch.log")"
+    local envs=(env); while [[ ${CMD[0]} == [A-Z_]*=* ]]; do envs+=("${CMD[0]}"); CMD=("${CMD[@]:1}"); done
+    echo "==> ${RUN_NAME[i]}: ${RUN_DESC[i]} in ${RUN_DIR[i]}${RUN_GPUS[i]:+ (GPUs ${RUN_GPUS[i]}${RUN_MEMFRAC[i]:+, ${RUN_MEMFRAC[i]} of the memory})}$( (( NUM_SLOTS > 1 )) && echo "; log: ${RUN_DIR[i]}/launch.log")"
     if (( NUM_SLOTS > 1 )); then
       "${envs[@]}" "${CMD[@]}" >> "${RUN_DIR[i]}/launch.log" 2>&1 < /dev/null &
     else

@@ -72,6 +72,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.eval_batch_size = 1000
     c.checkpoint_every = 2000
     c.keep_checkpoints = 3
+    c.diagnostics_every = 1000                       # layer responses, gradient flow, branch ratios; 0 = off
+    c.diagnostics_batch = 128                        # measured on the first N training / test images
     c.resume = True
 
     # Weights & Biases (mode None: $WANDB_MODE, else online with an API key, else offline).

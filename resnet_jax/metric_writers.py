@@ -50,6 +50,8 @@ class JsonlWriter:
 
 
 def _jsonable(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):  # per-layer diagnostics: plain lists
+        return [_jsonable(x) for x in v]
     if hasattr(v, "item"):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -78,6 +80,26 @@ def wandb_tags(config) -> list[str]:
     return tags + [t for t in config.wandb.tags if t not in tags]
 
 
+def wandb_metrics(metrics: Mapping[str, Any]) -> dict:
+    """Scalars as they are; a per-layer list (``diagnostics/grad_norm``, in network order) becomes
+    one scalar per layer, ``KEY/0000``, ``KEY/0001``, ... (a dashboard plots ``KEY/.*``), plus
+    ``KEY_hist``, a ``wandb.Histogram`` of its values (how they spread over the layers, per step)."""
+    out = {}
+    for key, value in metrics.items():
+        if not isinstance(value, (list, tuple)):
+            out[key] = value
+            continue
+        values = [float(v) for v in value]
+        out.update({f"{key}/{i:04d}": v for i, v in enumerate(values)})
+        finite = [v for v in values if math.isfinite(v)]
+        if finite:
+            import numpy as np
+            import wandb
+
+            out[f"{key}_hist"] = wandb.Histogram(np_histogram=np.histogram(finite, bins=min(64, len(finite))))
+    return out
+
+
 class WandbWriter:
     """One W&B run per workdir; a restarted run continues the same run (same id, resume='allow')."""
 
@@ -100,7 +122,7 @@ class WandbWriter:
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if self.run is not None:
             try:
-                self.run.log(dict(metrics), step=int(step))
+                self.run.log(wandb_metrics(metrics), step=int(step))
             except Exception as e:  # noqa: BLE001
                 warnings.warn(f"W&B log failed at step {step}: {e}")
 

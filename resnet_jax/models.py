@@ -218,7 +218,11 @@ class Block(nn.Module):
     starts as the identity. ``stride_in_3x3``: bottleneck v1.5 (the paper's v1
     strides in the first 1x1). Each layer's response (post-act: after BN,
     before ReLU/addition; pre-act: the conv output) is sown as
-    ``intermediates/response`` and the block output as ``intermediates/output``.
+    ``intermediates/response`` and the block output as ``intermediates/output``;
+    the residual branch F(x) (the value added to the shortcut) as
+    ``intermediates/branch`` and the shortcut as ``intermediates/shortcut`` (a
+    plain block: its last BN output, and the identity / option-A shortcut its
+    residual twin would add).
     """
 
     features: int  # width of the 3x3 conv(s); the block outputs 4x this if bottleneck
@@ -280,11 +284,21 @@ class Block(nn.Module):
                 sc = _pad_shortcut(shortcut_in, out_ch, s)
             else:
                 sc = shortcut_in
+            self._sow_branch(y, sc)
             y = y + sc.astype(y.dtype)
+        elif self.is_mutable_collection("intermediates"):
+            # Plain block: measured against what the residual twin would add (identity or option A).
+            self._sow_branch(y, _pad_shortcut(x, out_ch, s) if reshapes else x)
         if not self.preact:
             y = self.act(y)
         self.sow("intermediates", "output", y)
         return y
+
+    def _sow_branch(self, branch, shortcut):
+        """The residual branch F(x) (what is added to the shortcut) and the shortcut itself, for
+        ||F(x)|| / ||x|| (resnet_jax.diagnostics). Sown only when ``intermediates`` is mutable."""
+        self.sow("intermediates", "branch", branch)
+        self.sow("intermediates", "shortcut", shortcut)
 
 
 def _scan_body(block, x, _):

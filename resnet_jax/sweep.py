@@ -225,19 +225,26 @@ def parse_gpus(text: str | None) -> list[str]:
 
 
 def assign_slots(num_runs: int, gpus: Sequence[str], parallel: int | None = None,
-                 data_parallel: bool = False) -> list[tuple[int, str]]:
+                 data_parallel: bool = False, runs_per_gpu: int = 1) -> list[tuple[int, str]]:
     """(slot, CUDA_VISIBLE_DEVICES or '') for each of `num_runs` runs, in launch order.
 
     A slot runs its runs one after another; slots run side by side. Without GPUs: `parallel` slots
     (default 1, i.e. sequential). With several GPUs: one run per GPU by default; `data_parallel`
     gives every GPU to one run at a time; `parallel` N splits the GPUs into N equal groups. With
-    fewer runs than slots the GPUs are shared out over the runs there are. Runs go to slots round
-    robin, so the assignment (and the dry run) is deterministic.
+    fewer runs than slots the GPUs are shared out over the runs there are. `runs_per_gpu` K packs
+    K slots onto each GPU group (small CIFAR nets do not fill a modern GPU): slot s uses group
+    s mod (number of groups), so runs fill every GPU once before any GPU gets a second one. Runs
+    go to slots round robin, so the assignment (and the dry run) is deterministic.
     """
     if parallel is not None and parallel < 1:
         raise LaunchError(f"--parallel must be at least 1, got {parallel}")
     if data_parallel and parallel not in (None, 1):
         raise LaunchError("--data-parallel gives all GPUs to one run at a time; it cannot go with --parallel")
+    if runs_per_gpu < 1:
+        raise LaunchError(f"--runs-per-gpu must be at least 1, got {runs_per_gpu}")
+    if runs_per_gpu > 1 and not gpus:
+        raise LaunchError("--runs-per-gpu shares GPUs between runs, and this host has none (--gpus/"
+                          "CUDA_VISIBLE_DEVICES); on CPUs use --parallel N")
     if num_runs == 0:
         return []
     gpus = list(gpus)
@@ -250,10 +257,26 @@ def assign_slots(num_runs: int, gpus: Sequence[str], parallel: int | None = None
     if gpus and slots > len(gpus):
         raise LaunchError(f"--parallel {slots} needs at least {slots} GPUs; this host has {len(gpus)} "
                           f"({','.join(gpus)})")
+    if runs_per_gpu > 1:
+        per = len(gpus) // slots
+        groups = [",".join(gpus[k * per:(k + 1) * per]) for k in range(slots)]
+        packed = min(slots * runs_per_gpu, num_runs)
+        return [(i % packed, groups[(i % packed) % slots]) for i in range(num_runs)]
     slots = min(slots, num_runs)
     per = len(gpus) // slots if gpus else 0
     groups = [",".join(gpus[k * per:(k + 1) * per]) for k in range(slots)]
     return [(i % slots, groups[i % slots]) for i in range(num_runs)]
+
+
+def memory_fraction(runs_per_gpu: int) -> str:
+    """XLA_PYTHON_CLIENT_MEM_FRACTION for each of K runs sharing a GPU ('' for K = 1: JAX's default).
+
+    Together the K runs may use 90% of the GPU's memory; each grows on demand up to its share
+    (XLA_PYTHON_CLIENT_PREALLOCATE=false), so none can starve the others.
+    """
+    if runs_per_gpu <= 1:
+        return ""
+    return f"{int(90 / runs_per_gpu) / 100:.2f}"
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -267,6 +290,7 @@ class PlannedRun:
     status: RunStatus
     slot: int = -1        # -1: not launched (finished)
     gpus: str = ""
+    mem_fraction: str = ""  # XLA_PYTHON_CLIENT_MEM_FRACTION when runs share a GPU ('' = JAX's default)
 
 
 @dataclasses.dataclass
@@ -287,7 +311,7 @@ def default_workdir(name: str) -> str:
 
 
 def make_plan(spec: str, workdir: str | None = None, overrides: Sequence[str] = (), gpus: Sequence[str] = (),
-              parallel: int | None = None, data_parallel: bool = False) -> Plan:
+              parallel: int | None = None, data_parallel: bool = False, runs_per_gpu: int = 1) -> Plan:
     """Resolves every run of `spec` with `overrides` (so a bad override fails before anything runs)
     and decides which to launch, where, and on which slot and GPUs."""
     runs, is_sweep = list_runs(spec)
@@ -306,9 +330,10 @@ def make_plan(spec: str, workdir: str | None = None, overrides: Sequence[str] = 
         status = run_status(run_dir, int(config.num_train_steps), bool(config.get("resume", True)))
         planned.append(PlannedRun(run.name or config.get("name") or stem, run.config, run_dir, status))
     launch = [r for r in planned if r.status.state != "finished"]
-    slots = assign_slots(len(launch), gpus, parallel, data_parallel)
+    slots = assign_slots(len(launch), gpus, parallel, data_parallel, runs_per_gpu)
     for run, (slot, group) in zip(launch, slots):
         run.slot, run.gpus = slot, group
+        run.mem_fraction = memory_fraction(runs_per_gpu)
     return Plan(name, is_sweep, workdir, planned, len({s for s, _ in slots}))
 
 
@@ -332,13 +357,15 @@ def plan_as_shell(plan: Plan) -> str:
         array("RUN_DESC", [r.status.describe() for r in runs]),
         array("RUN_SLOT", [r.slot for r in runs]),
         array("RUN_GPUS", [r.gpus for r in runs]),
+        array("RUN_MEMFRAC", [r.mem_fraction for r in runs]),
     ]) + "\n"
 
 
 def plan_as_text(plan: Plan) -> str:
     lines = [f"{plan.sweep_name}: {len(plan.runs)} run(s) in {plan.workdir}, {len(plan.to_launch)} to launch"]
     for r in plan.runs:
-        where = "" if r.slot < 0 else f"  [slot {r.slot}{', GPUs ' + r.gpus if r.gpus else ''}]"
+        share = f", {r.mem_fraction} of its memory" if r.mem_fraction else ""
+        where = "" if r.slot < 0 else f"  [slot {r.slot}{', GPUs ' + r.gpus if r.gpus else ''}{share}]"
         lines.append(f"  {r.name:<16} {r.status.describe()}{where}")
     return "\n".join(lines) + "\n"
 
@@ -451,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gpus", default="", help="GPU ids, e.g. 0,1,2,3 ('' = none)")
     p.add_argument("--parallel", type=int, default=None)
     p.add_argument("--data-parallel", action="store_true")
+    p.add_argument("--runs-per-gpu", type=int, default=1, help="K runs share each GPU (group)")
     p.add_argument("--format", choices=("text", "shell"), default="text")
     p = sub.add_parser("sbatch", help="the sbatch script for the unfinished runs")
     _common(p)
@@ -467,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{d}\t{run_status(d, args.num_train_steps).describe()}")
         elif args.command == "plan":
             plan = make_plan(args.config, args.workdir, args.overrides, parse_gpus(args.gpus), args.parallel,
-                             args.data_parallel)
+                             args.data_parallel, args.runs_per_gpu)
             sys.stdout.write(plan_as_shell(plan) if args.format == "shell" else plan_as_text(plan))
         elif args.command == "sbatch":
             plan = make_plan(args.config, args.workdir, args.overrides)

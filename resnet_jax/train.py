@@ -257,6 +257,21 @@ class _StopSignal:
     def _handle(self, signum, frame):
         self.received = signal.Signals(signum).name
 
+    def agreed(self, step: int, every: int) -> str | None:
+        """The signal to stop on at this step, the same on every host.
+
+        One process stops at once. Hosts get the signal at different steps, so they agree at
+        multiples of `every` (an all-gather) and all save the same step together.
+        """
+        if jax.process_count() == 1:
+            return self.received
+        if step % every:
+            return None
+        from jax.experimental import multihost_utils
+
+        got = multihost_utils.process_allgather(np.asarray(self.received is not None))
+        return (self.received or "SIGTERM") if np.any(got) else None
+
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
@@ -307,6 +322,12 @@ def _progress_line(config, step: int, metrics: dict) -> str:
     if metrics.get("img_per_s"):
         eta = (config.num_train_steps - step) * config.batch_size / metrics["img_per_s"]
         line += f" | {metrics['img_per_s']:.0f} img/s | ETA {_format_eta(eta)}"
+    if "diagnostics/grad_norm_global" in metrics:  # resnet_jax/diagnostics.py
+        line += f" | diagnostics: |g| {metrics['diagnostics/grad_norm_global']:.3g}"
+        if "diagnostics/grad_to_weight_first_over_last" in metrics:
+            line += f", g/w first/last {metrics['diagnostics/grad_to_weight_first_over_last']:.3g}"
+        if "diagnostics/branch_ratio_mean" in metrics:
+            line += f", |F(x)|/|x| {metrics['diagnostics/branch_ratio_mean']:.2f}"
     return line
 
 
@@ -370,6 +391,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def run_eval(state):
         return eval_metrics(eval_fn(state, data.test, data.train.mean), data.num_test, data.num_classes)
 
+    # Layer responses, gradient flow, branch ratios (resnet_jax/diagnostics.py): their own jitted
+    # program on a fixed batch, every diagnostics_every steps; the training step is not touched.
+    from resnet_jax import diagnostics
+    diag = diagnostics.Diagnostics(config, model, mesh, data, workdir, is_main) \
+        if config.get("diagnostics_every") else None
+    if diag and start == 0 and diag.due(0):
+        diag_metrics = diag(state)
+        writer.write(0, diag_metrics)
+        if is_main:
+            print(_progress_line(config, 0, diag_metrics), flush=True)
+
     last: dict = {}
     best_test = None
     tick, tick_step = time.time(), start
@@ -399,6 +431,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if done > tick_step:
                     metrics["img_per_s"] = (done - tick_step) * config.batch_size / (now - tick)
                 tick, tick_step = now, done
+            if diag and diag.due(done):
+                host_value(state.step)  # the queued steps finish first: time only the diagnostics
+                diag_start = time.time()
+                metrics.update(diag(state))
+                tick += time.time() - diag_start  # not training throughput
             if done % config.eval_every == 0 or final:
                 metrics.update(run_eval(state))
                 best_test = min(best_test or 1.0, metrics["test/error"])
@@ -408,13 +445,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 last = {"step": done, **metrics}
                 if is_main:
                     print(_progress_line(config, done, metrics), flush=True)
-            if done % config.checkpoint_every == 0 or final or stop.received:
+            stop_signal = stop.agreed(done, config.log_every)
+            if done % config.checkpoint_every == 0 or final or stop_signal:
                 ckpt.save(done, state, meta)
-            if stop.received:
+            if stop_signal:
                 ckpt.close()
                 writer.close()
-                signum = getattr(signal, stop.received)
-                print(f"{config.name}: stopped by {stop.received} at step {done}; checkpoint saved in "
+                signum = getattr(signal, stop_signal)
+                print(f"{config.name}: stopped by {stop_signal} at step {done}; checkpoint saved in "
                       f"{workdir}/checkpoints. Re-run the same command to resume.", flush=True)
                 raise Interrupted(128 + signum)
 

@@ -163,6 +163,29 @@ def test_dry_run_multi_gpu_host(tmp_path):
     assert split_env(cmd)[0] == {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}
 
 
+def test_dry_run_runs_per_gpu_packs_runs_onto_each_gpu(tmp_path):
+    """--runs-per-gpu K: K runs at once per GPU, each capped at 0.9/K of its memory, allocating on demand."""
+    proc = launch(DEGRADATION, "--workdir", str(tmp_path), "--gpus", "0,1", "--runs-per-gpu", "3", "--dry-run")
+    cmds = commands(proc.stdout)
+    assert len(cmds) == len(FULL_SWEEP)
+    envs = [split_env(c)[0] for c in cmds]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1"] * 4 + ["0"]  # fill every GPU, then again
+    assert all(e["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.30" for e in envs)
+    assert all(e["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false" for e in envs)
+    assert all(split_env(c)[1][:3] == [sys.executable, "-m", "resnet_jax.main"] for c in cmds)
+    assert "6 at a time" in proc.stdout and "3 runs sharing each GPU" in proc.stdout
+    slots = [line.rsplit("slot ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("# ") and ", slot " in line]
+    assert slots == ["0", "1", "2", "3", "4", "5", "0", "1", "2"]
+    # One GPU, the 4-run quick sweep: all four at once on GPU 0.
+    cmds = commands(launch(f"{DEGRADATION}:quick", "--workdir", str(tmp_path), "--gpus", "0", "--runs-per-gpu=4",
+                           "--dry-run").stdout)
+    assert [split_env(c)[0] for c in cmds] == [{"CUDA_VISIBLE_DEVICES": "0", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.22",
+                                                "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}] * 4
+    # K = 1 is the default: nothing in the environment but the GPU.
+    cmds = commands(launch(f"{DEGRADATION}:quick", "--workdir", str(tmp_path), "--gpus", "0", "--dry-run").stdout)
+    assert [split_env(c)[0] for c in cmds] == [{"CUDA_VISIBLE_DEVICES": "0"}] * 4
+
+
 # ----------------------------------------------------------------------------- dry runs: TPU, SLURM
 
 
@@ -278,6 +301,9 @@ def _bin_without(tmp_path, *missing):
     (["configs/cifar10.py", "--data-parallel", "--parallel", "2", "--gpus", "0,1", "--dry-run"],
      "cannot go with --parallel"),
     (["configs/cifar10.py", "--parallel", "3", "--gpus", "0,1", "--dry-run"], "needs at least 3 GPUs"),
+    (["configs/cifar10.py", "--runs-per-gpu", "2", "--dry-run"], "--runs-per-gpu shares GPUs between runs"),
+    (["configs/cifar10.py", "--runs-per-gpu", "0"], "--runs-per-gpu needs a positive number"),
+    (["configs/cifar10.py", "--slurm", "--runs-per-gpu", "2"], "are for local runs"),
     ([], "no config given"),
 ])
 def test_clear_errors(args, message):
@@ -361,7 +387,8 @@ def test_active_venv_is_used(tmp_path):
 
 def test_help():
     out = launch("--help").stdout
-    for option in ("--workdir", "--parallel", "--data-parallel", "--tpu", "--zone", "--slurm", "--dry-run"):
+    for option in ("--workdir", "--parallel", "--data-parallel", "--runs-per-gpu", "--tpu", "--zone", "--slurm",
+                   "--dry-run"):
         assert option in out
 
 
@@ -393,6 +420,13 @@ def test_assign_slots():
     assert sweep.assign_slots(2, ["0", "1", "2", "3"], data_parallel=True) == [(0, "0,1,2,3")] * 2
     assert sweep.assign_slots(4, ["0", "1", "2", "3"], parallel=2) == [(0, "0,1"), (1, "2,3")] * 2
     assert sweep.assign_slots(0, ["0"]) == []
+    assert sweep.assign_slots(5, ["0"], runs_per_gpu=3) == [(0, "0"), (1, "0"), (2, "0"), (0, "0"), (1, "0")]
+    assert sweep.assign_slots(5, ["0", "1"], runs_per_gpu=2) == [(0, "0"), (1, "1"), (2, "0"), (3, "1"), (0, "0")]
+    assert sweep.assign_slots(4, ["0", "1", "2", "3"], parallel=2, runs_per_gpu=2) == [
+        (0, "0,1"), (1, "2,3"), (2, "0,1"), (3, "2,3")]
+    assert sweep.memory_fraction(1) == "" and sweep.memory_fraction(2) == "0.45" and sweep.memory_fraction(4) == "0.22"
+    with pytest.raises(sweep.LaunchError):
+        sweep.assign_slots(2, [], runs_per_gpu=2)
     with pytest.raises(sweep.LaunchError):
         sweep.assign_slots(4, ["0"], parallel=2)
 

@@ -1,0 +1,347 @@
+"""Why depth degrades: layer responses (Fig. 7), gradient flow and residual-branch size.
+
+He et al. (2016) argue that plain nets degrade not because gradients vanish (BN keeps the
+forward and backward signals healthy) but because deep plain stacks are hard to optimise, and
+that residual functions are closer to zero than non-residual ones (Fig. 7: "ResNets have
+generally smaller responses than their plain counterparts"). This module measures, for any
+state of any CIFAR or ImageNet net of ``resnet_jax.models``:
+
+* ``layer_responses``: the std of every conv layer's response (post-activation nets: after BN,
+  before the ReLU / addition; pre-activation nets: the conv output), eval mode, in network
+  order: the stem, then block by block, layer by layer. For basic-block nets those are exactly
+  the 3x3 layers of Fig. 7 (depth - 1 of them; bottleneck nets include their 1x1 layers).
+* ``gradient_norms``: ||dL/dW|| and ||W|| of every conv / dense kernel (stem, each block's
+  conv1, conv2, [conv3], [proj_conv], then fc), training mode, the plain cross-entropy of one
+  fixed batch (weight decay is not part of it: optax adds it to the gradient later).
+* ``branch_ratios``: per block, ||F(x)|| / ||shortcut(x)||, the size of the residual branch
+  relative to the identity it is added to (0: the block is the identity mapping), eval mode,
+  norms over the whole batch (all examples, H, W and C). For a plain block, F(x) is its last BN
+  output and the reference is the identity (or option-A shortcut) its residual twin would add.
+
+The stacked layout of scanned nets (``stage{i}_blocks``, blocks 2..n on axis 0) is split back
+into blocks, so a scanned and an unrolled net give the same lists.
+
+``make_diagnostics_fn`` jits all three into one function of (state, fixed batch): its own
+compiled program, separate from the training step, which stays untouched and never
+recompiles. ``Diagnostics`` is what the training loop calls every ``config.diagnostics_every``
+steps; ``record`` turns the arrays into the ``diagnostics/...`` entries of metrics.jsonl.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from resnet_jax import input_pipeline
+
+PREFIX = "diagnostics/"
+LAYERS_FILE = "diagnostics_layers.json"  # names of the entries of the lists, in network order
+
+# ----------------------------------------------------------------------------- network order
+
+_BLOCK = re.compile(r"stage(\d+)_block(s|\d+)$")
+_CONV = re.compile(r"conv(\d+)$")
+
+
+def _module_key(name: str):
+    """Top-level modules in the order the data flows through them."""
+    if name.startswith("stem"):
+        return (0, 0, 0, name)
+    m = _BLOCK.match(name)
+    if m:  # stage{i}_blocks (scanned) holds blocks 2..n: it comes right after stage{i}_block1
+        return (1, int(m.group(1)), 2 if m.group(2) == "s" else int(m.group(2)), name)
+    return (2 if name != "fc" else 3, 0, 0, name)  # final_bn, then the classifier
+
+
+def _layer_key(name: str):
+    """Layers inside a block: conv1, conv2, conv3, then the projection shortcut."""
+    m = _CONV.match(name)
+    return (0, int(m.group(1))) if m else (1, 0)
+
+
+def _block_name(name: str, index: int | None) -> str:
+    if index is None:
+        return name
+    return re.sub(r"_blocks$", f"_block{index + 2}", name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One layer or block: its name and where it is in a tree (``index``: position on a stacked axis)."""
+
+    name: str
+    path: tuple
+    index: int | None = None
+
+    def get(self, tree):
+        for key in self.path:
+            tree = tree[key]
+        return tree if self.index is None else tree[self.index]
+
+    def sub(self, *keys) -> "Entry":
+        """The entry of something inside this one (e.g. a block's sown ``branch``), same stacked index."""
+        return Entry(self.name, self.path + keys, self.index)
+
+
+def _stack_size(module_tree) -> int:
+    leaf = jax.tree_util.tree_leaves(module_tree)[0]
+    return int(leaf.shape[0])
+
+
+def _expand(tree, name: str) -> list[tuple[str, tuple, int | None]]:
+    """(block name, path, stacked index) of the block(s) of one top-level module."""
+    if name.endswith("_blocks"):
+        return [(_block_name(name, i), (name,), i) for i in range(_stack_size(tree[name]))]
+    return [(name, (name,), None)]
+
+
+def _blocks(tree) -> list[tuple[str, tuple, int | None]]:
+    """(block name, path, stacked index) of every block of a params or intermediates tree, in order."""
+    return [b for name in sorted((k for k in tree if _BLOCK.match(k)), key=_module_key) for b in _expand(tree, name)]
+
+
+def kernel_entries(params) -> list[Entry]:
+    """Every conv / dense kernel in network order (works on arrays or ShapeDtypeStructs)."""
+    entries = []
+    for name in sorted(params, key=_module_key):
+        if not _BLOCK.match(name):
+            if "kernel" in params[name]:
+                entries.append(Entry(name, (name, "kernel")))
+            continue
+        module = params[name]
+        for block, path, index in _expand(params, name):
+            for layer in sorted((k for k in module if "kernel" in module[k]), key=_layer_key):
+                entries.append(Entry(f"{block}/{layer}", path + (layer, "kernel"), index))
+    return entries
+
+
+def response_entries(intermediates) -> list[Entry]:
+    """Every sown layer response in network order: the stem's (if sown), then each block's layers."""
+    entries = [Entry("stem", ("stem_response", 0))] if "stem_response" in intermediates else []
+    for block, path, index in _blocks(intermediates):
+        for i in range(len(intermediates[path[0]]["response"])):
+            entries.append(Entry(f"{block}/conv{i + 1}", path + ("response", i), index))
+    return entries
+
+
+def block_entries(intermediates) -> list[Entry]:
+    """Every block in network order (path to the block's sown values)."""
+    return [Entry(block, path, index) for block, path, index in _blocks(intermediates)]
+
+
+# ----------------------------------------------------------------------------- the measurements
+
+
+def response_std(x) -> jax.Array:
+    """Std of a layer's response over all its elements (batch, H, W, channels), in float32."""
+    return jnp.std(x.astype(jnp.float32))
+
+
+def branch_ratio(branch, shortcut) -> jax.Array:
+    """||F(x)|| / ||shortcut(x)||, both norms over the whole batch (all examples, H, W, C).
+
+    Over the batch, not per example: a per-example ratio explodes on the one image whose block
+    input is (nearly) all zero after a ReLU, which happens early in training."""
+    sq = lambda a: jnp.sum(jnp.square(a.astype(jnp.float32)))
+    return jnp.sqrt(sq(branch) / jnp.maximum(sq(shortcut), 1e-30))
+
+
+def forward_diagnostics(model, variables, images) -> dict:
+    """Response stds [layers] and branch ratios [blocks] from one eval-mode forward pass."""
+    _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
+    inter = state["intermediates"]
+    blocks = block_entries(inter)
+    out = {"response_std": jnp.stack([response_std(e.get(inter)) for e in response_entries(inter)])}
+    if blocks and "branch" in inter[blocks[0].path[0]]:
+        out["branch_ratio"] = jnp.stack(
+            [branch_ratio(e.sub("branch", 0).get(inter), e.sub("shortcut", 0).get(inter)) for e in blocks])
+    return out
+
+
+def response_moments(model, variables, images) -> dict:
+    """Per layer, the mean and mean square of the response over all its elements, and per block the
+    mean squares of F(x) and of the shortcut (eval mode): what ``layer_responses`` / ``branch_ratios``
+    compute, in a form that batches of images combine exactly (average over batches, then
+    std = sqrt(E[x^2] - E[x]^2) and ratio = sqrt(E[F^2] / E[x^2]))."""
+    _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
+    inter = state["intermediates"]
+    responses = [e.get(inter).astype(jnp.float32) for e in response_entries(inter)]
+    blocks = block_entries(inter)
+    out = {"mean": jnp.stack([jnp.mean(r) for r in responses]),
+           "mean_square": jnp.stack([jnp.mean(jnp.square(r)) for r in responses])}
+    if blocks and "branch" in inter[blocks[0].path[0]]:
+        ms = lambda a: jnp.mean(jnp.square(a.astype(jnp.float32)))
+        out["branch_mean_square"] = jnp.stack([ms(e.sub("branch", 0).get(inter)) for e in blocks])
+        out["shortcut_mean_square"] = jnp.stack([ms(e.sub("shortcut", 0).get(inter)) for e in blocks])
+    return out
+
+
+def layer_responses(model, variables, images) -> jax.Array:
+    """Std of each conv layer's response (after BN, before ReLU / addition), eval mode, network order."""
+    return forward_diagnostics(model, variables, images)["response_std"]
+
+
+def branch_ratios(model, variables, images) -> jax.Array:
+    """||F(x)|| / ||x|| of each block (eval mode), network order."""
+    return forward_diagnostics(model, variables, images)["branch_ratio"]
+
+
+def loss_gradients(model, params, batch_stats, images, labels, train: bool = True):
+    """d(mean cross-entropy)/d(params) on one batch; BN in training mode (batch statistics) by default."""
+
+    def loss_fn(p):
+        variables = {"params": p, "batch_stats": batch_stats}
+        if train:
+            logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        else:
+            logits = model.apply(variables, images, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    return jax.grad(loss_fn)(params)
+
+
+def gradient_norms(model, params, batch_stats, images, labels, train: bool = True) -> tuple[jax.Array, jax.Array]:
+    """(||dL/dW||, ||W||) of every conv / dense kernel in network order (``kernel_entries``)."""
+    grads = loss_gradients(model, params, batch_stats, images, labels, train)
+    entries = kernel_entries(params)
+    norm = lambda a: jnp.sqrt(jnp.sum(jnp.square(a.astype(jnp.float32))))
+    return (jnp.stack([norm(e.get(grads)) for e in entries]), jnp.stack([norm(e.get(params)) for e in entries]))
+
+
+def layer_names(model, input_shape=(1, 32, 32, 3)) -> dict[str, list[str]]:
+    """Names of the entries of each diagnostics list: {'grad': ..., 'response': ..., 'block': ...}."""
+    x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    _, state = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]), variables, x)
+    inter = state["intermediates"]
+    return {"grad": [e.name for e in kernel_entries(variables["params"])],
+            "response": [e.name for e in response_entries(inter)],
+            "block": [e.name for e in block_entries(inter)]}
+
+
+# ----------------------------------------------------------------------------- in the training loop
+
+
+@flax.struct.dataclass
+class DiagnosticsBatch:
+    """The fixed images the diagnostics are measured on, for the whole run."""
+
+    train_images: jax.Array  # the first examples of the training split, normalised, not augmented
+    train_labels: jax.Array
+    test_images: jax.Array   # the first examples of the test split, normalised
+
+
+def make_batch(data, size: int, mesh) -> DiagnosticsBatch:
+    """The first `size` training (for gradients) and test (for responses) examples of `data`."""
+    size = int(min(size, data.num_train, data.num_test))
+    sharding = NamedSharding(mesh, P("data") if size % mesh.size == 0 else P())
+
+    def build(train, test, mean):
+        test_images = test.images.reshape((-1,) + test.images.shape[2:])[:size]  # eval batches: padding at the end
+        return DiagnosticsBatch(input_pipeline.normalize(train.images[:size], mean), train.labels[:size],
+                                input_pipeline.normalize(test_images, mean))
+
+    return jax.jit(build, out_shardings=sharding)(data.train, data.test, data.train.mean)
+
+
+def diagnostics(state, batch: DiagnosticsBatch, *, model, train: bool = True) -> dict:
+    """All diagnostics of a TrainState (anything with params and batch_stats) on the fixed batch."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    out = forward_diagnostics(model, variables, batch.test_images)
+    grad, weight = gradient_norms(model, state.params, state.batch_stats, batch.train_images,
+                                  batch.train_labels, train)
+    out.update(grad_norm=grad, weight_norm=weight, grad_to_weight=grad / jnp.maximum(weight, 1e-12))
+    return out
+
+
+def make_diagnostics_fn(config, model, mesh):
+    """``diagnostics`` jitted on its own (never the training step's program): fn(state, batch) -> dict."""
+    fn = functools.partial(diagnostics, model=model, train=not config.get("freeze_backbone"))
+    return jax.jit(fn, out_shardings=NamedSharding(mesh, P()))
+
+
+def record(values: dict, names: dict | None = None) -> dict:
+    """``diagnostics/...`` metrics: each list in network order, plus scalar summaries.
+
+    Summaries: ``grad_norm_global`` (over all kernels); ``grad_to_weight_first_over_last``, the
+    gradient-to-weight ratio of the first conv layer over that of the last conv layer (< 1: the
+    relative update shrinks towards the input); ``response_std_mean``; ``branch_ratio_mean`` and
+    ``branch_ratio_max``.
+    """
+    v = {k: np.asarray(a, np.float64) for k, a in values.items()}
+    out = {PREFIX + k: [float(x) for x in a] for k, a in v.items()}
+    grad, ratio = v["grad_norm"], v["grad_to_weight"]
+    out[PREFIX + "grad_norm_global"] = float(np.sqrt(np.sum(grad ** 2)))
+    convs = [i for i, n in enumerate((names or {}).get("grad", [])) if n != "fc"] or list(range(len(ratio) - 1))
+    if convs:
+        out[PREFIX + "grad_to_weight_first_over_last"] = float(ratio[convs[0]] / max(ratio[convs[-1]], 1e-30))
+    out[PREFIX + "response_std_mean"] = float(np.mean(v["response_std"]))
+    if "branch_ratio" in v:
+        out[PREFIX + "branch_ratio_mean"] = float(np.mean(v["branch_ratio"]))
+        out[PREFIX + "branch_ratio_max"] = float(np.max(v["branch_ratio"]))
+    return out
+
+
+class Diagnostics:
+    """What the training loop calls: is it due at this step, and the metrics of a state.
+
+    Due at step 0 of a fresh run, every ``config.diagnostics_every`` steps and at the last step;
+    a run shorter than ``diagnostics_every`` measures once, at its end. The first call compiles
+    (and says how long it took); the training step is not touched.
+    """
+
+    def __init__(self, config, model, mesh, data, workdir: str | None = None, is_main: bool = True):
+        self.every = int(config.get("diagnostics_every") or 0)
+        self.num_steps = int(config.num_train_steps)
+        self.name = config.name
+        self.is_main = is_main
+        self.fn = make_diagnostics_fn(config, model, mesh)
+        self.batch = make_batch(data, config.get("diagnostics_batch") or config.batch_size, mesh)
+        self.names = layer_names(model)
+        self.calls = 0
+        self.seconds: list[float] = []
+        if workdir and is_main:
+            path = os.path.join(workdir, LAYERS_FILE)
+            with open(path + ".tmp", "w") as f:
+                json.dump(self.names, f)
+            os.replace(path + ".tmp", path)
+
+    def due(self, step: int) -> bool:
+        if self.every <= 0:
+            return False
+        if step == 0:
+            return self.num_steps >= self.every
+        return step % self.every == 0 or step == self.num_steps
+
+    def __call__(self, state) -> dict:
+        start = time.time()
+        values = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), self.fn(state, self.batch))
+        self.seconds.append(time.time() - start)
+        if self.calls == 0 and self.is_main:
+            print(f"{self.name}: diagnostics (compilation included) took {self.seconds[-1]:.1f}s", flush=True)
+        self.calls += 1
+        return record(values, self.names)
+
+
+def read_layer_names(workdir: str) -> dict | None:
+    try:
+        with open(os.path.join(workdir, LAYERS_FILE)) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def from_record(record: dict) -> dict[str, list[float]]:
+    """The per-layer lists of one metrics.jsonl record: {'grad_norm': [...], ...}."""
+    return {k[len(PREFIX):]: v for k, v in record.items() if k.startswith(PREFIX) and isinstance(v, list)}

@@ -1,0 +1,111 @@
+"""Benchmark scripts run and report what they promise (nothing is timed here), and the training step
+compiles once: no recompilation after the first step."""
+import functools
+import json
+import logging
+import pathlib
+import subprocess
+import sys
+
+import jax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from resnet_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+KEYS = {"model", "batch_size", "dtype", "step_s", "img_per_s", "compile_s", "lower_s", "replicas", "peak_bytes",
+        "tflops", "frac_of_peak", "device_kind", "load_avg"}
+
+
+def run_script(*args, timeout=180):
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_throughput_script_emits_one_json_line_per_configuration():
+    proc = run_script(BENCH / "throughput.py", "--model=resnet8", "--batch_size=16", "--replicas=1,2",
+                      "--steps=2", "--warmup=1", "--num_examples=256", "--devices=2", "--peak_tflops=1", "--json")
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["model"], r["replicas"]) for r in rows] == [("resnet8", 1), ("resnet8", 2)]
+    for r in rows:
+        assert KEYS <= set(r), KEYS - set(r)
+        assert r["batch_size"] == 16 and r["dtype"] == "float32" and r["devices"] == 2 and r["steps_timed"] == 2
+        assert r["step_s_min"] <= r["step_s"] <= r["step_s_max"]
+        assert r["img_per_s"] == pytest.approx(16 * r["replicas"] / r["step_s"])
+        assert r["macs_per_image"] == 12_239_488
+        assert r["tflops"] == pytest.approx(6 * r["macs_per_image"] * 16 * r["replicas"] / r["step_s"] / 1e12)
+        assert r["frac_of_peak"] == pytest.approx(r["tflops"] / 2)  # --peak_tflops per device x 2 devices
+    assert "img/s" in proc.stderr and "load average" in proc.stderr  # the table
+
+
+def test_compile_time_script_compiles_cold_then_from_the_cache():
+    proc = run_script(BENCH / "compile_time.py", "--model=resnet8", "--batch_size=8", "--devices=1", "--json")
+    (row,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {"model", "compile_s", "compile_s_cached", "lower_s", "scan"} <= set(row)
+    assert row["model"] == "resnet8" and row["compile_s"] > 0 and row["compile_s_cached"] > 0
+
+
+def test_torch_reference_runs():
+    pytest.importorskip("torch")
+    proc = run_script(BENCH / "torch_reference.py", "--model=resnet8", "--batch_size=8", "--steps=1", "--warmup=0",
+                      "--num_examples=64", "--json")
+    (row,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {"model", "batch_size", "dtype", "step_s", "img_per_s", "compile_s"} <= set(row)
+
+
+def test_benchmark_models_match_the_paper_nets():
+    import throughput
+
+    assert throughput.parse_model("plain56") == dict(depth=56, residual=False, shortcut="A", preact=False,
+                                                     bottleneck=False)
+    assert throughput.parse_model("resnet14")["depth"] == 14
+    assert throughput.make_config("resnet1202", 128).model.depth == 1202
+    with pytest.raises(ValueError, match="ImageNet"):
+        throughput.parse_model("resnet50")
+    with pytest.raises(ValueError, match="6n\\+2"):
+        throughput.parse_model("resnet21")
+
+
+class _CompileLog(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.names = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("Compiling "):
+            self.names.append(message.split()[1])
+
+
+def test_train_step_compiles_once():
+    """The state the step returns has the shardings, dtypes and weak types of the one it takes, so
+    jit never compiles the step again after the first call (a second compile per run would cost
+    seconds to minutes for deep nets, and a recompile per step would make training crawl)."""
+    import throughput
+
+    config = throughput.make_config("resnet8", 16)
+    config.log_every = 2
+    mesh = train.make_mesh(jax.devices()[:2])
+    model, tx = train.make_model(config, 10), train.make_optimizer(config)
+    state = jax.jit(functools.partial(train.init_state, config, model, tx, 10),
+                    out_shardings=NamedSharding(mesh, P()))()
+    data = throughput.random_device_data(mesh, 64)
+    step_fn = train.make_train_step(config, model, tx, mesh)
+    log = _CompileLog()
+    logger = logging.getLogger("jax._src.interpreters.pxla")
+    logger.addHandler(log)
+    try:
+        with jax.log_compiles():
+            for _ in range(4):  # crosses a log boundary (the metric sums restart)
+                state = step_fn(state, data)
+            jax.block_until_ready(state)
+    finally:
+        logger.removeHandler(log)
+    assert step_fn._cache_size() == 1
+    assert log.names.count("jit(train_step)") == 1, log.names
+    assert int(state.step) == 4
