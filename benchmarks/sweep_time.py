@@ -12,7 +12,8 @@ while all K run (a file barrier), so ``step_s`` is the step time of one run amon
 
 The sweep's wall time is then *extrapolated* from these measured steps: each run costs
 num_train_steps x step_s plus its evaluations (10,000 test images every eval_every steps, costed
-as one forward pass = 1/3 of a training step per image) plus compile time; runs go to K slots
+as 1/3 of a training step per image: an upper bound, a measured resnet20 evaluation on CPU costs
+1/9) plus compile time; runs go to K slots
 round robin, as launch.sh assigns them, and the slowest slot is the wall time. It says so in its
 output: measuring 64k-step runs themselves is what the sweep is for.
 """
