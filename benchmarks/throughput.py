@@ -28,6 +28,8 @@ step, and nothing crosses from the host per step. Per configuration:
   puts K copies side by side. This is how to pack several seeds of one net onto one device.
 
 With ``--json`` one JSON object per configuration goes to stdout (the table to stderr).
+``--sync=DIR:K`` (used by benchmarks/sweep_time.py, one configuration per process) times the steps
+only while K such processes all run on the device, to measure runs sharing a GPU.
 """
 from __future__ import annotations
 
