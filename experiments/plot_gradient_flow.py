@@ -10,6 +10,8 @@ from each run's ``metrics.jsonl`` (lists ``diagnostics/grad_norm``, ...) or from
 
 * ``grad_norm``: ||dL/dW|| of each conv layer (stem = 1, the classifier left out), log scale;
 * ``grad_to_weight``: ||dL/dW|| / ||W||, the relative size of a plain SGD update, log scale;
+* ``weight_norm``: ||W|| of each conv layer, log scale (a conv followed by BN is scale-invariant:
+  its gradient shrinks as 1/||W||, so a grown weight norm looks like a vanishing gradient);
 * ``branch_ratio``: ||F(x)|| / ||x|| per block (0 = the block is the identity mapping);
 * ``response_std``: the std of each layer's response in eval mode (Fig. 7's quantity).
 
@@ -42,12 +44,14 @@ from experiments import (WandbUnavailable, _has_wandb_key, find_run_dirs, load_r
 from experiments.plot_degradation import depth_colors, save  # noqa: E402
 
 PREFIX = "diagnostics/"
-QUANTITIES = ("grad_norm", "grad_to_weight", "branch_ratio", "response_std")
+QUANTITIES = ("grad_norm", "grad_to_weight", "weight_norm", "branch_ratio", "response_std")
 DEFAULT_QUANTITIES = ("grad_norm", "grad_to_weight", "branch_ratio")
-LOG_SCALE = {"grad_norm", "grad_to_weight"}
+LOG_SCALE = {"grad_norm", "grad_to_weight", "weight_norm"}
 YLABELS = {"grad_norm": r"$\|\partial L / \partial W\|$", "grad_to_weight": r"$\|\partial L/\partial W\| / \|W\|$",
+           "weight_norm": r"$\|W\|$",
            "branch_ratio": r"$\|F(x)\| / \|x\|$", "response_std": "response std"}
-XLABELS = {"grad_norm": "conv layer index", "grad_to_weight": "conv layer index", "branch_ratio": "block index",
+XLABELS = {"grad_norm": "conv layer index", "grad_to_weight": "conv layer index", "weight_norm": "conv layer index",
+           "branch_ratio": "block index",
            "response_std": "layer index"}
 PLAIN_STYLE = dict(linestyle="--", linewidth=1.2)
 RESIDUAL_STYLE = dict(linestyle="-", linewidth=1.5)
