@@ -246,6 +246,13 @@ def make_batch(data, size: int, mesh) -> DiagnosticsBatch:
     """The first `size` training (for gradients) and test (for responses) examples of `data`."""
     size = int(min(size, data.num_train, data.num_test))
     sharding = NamedSharding(mesh, P("data") if size % mesh.size == 0 else P())
+    if input_pipeline.is_streamed_data(data):  # streamed (ImageNet): centre crops of the first test images
+        from resnet_jax import imagenet_input
+
+        images, labels = data.first_test_examples(size)
+        place = lambda a: input_pipeline.put_replicated(a, sharding)
+        normalized = jax.jit(imagenet_input.normalize, out_shardings=sharding)(place(images))
+        return DiagnosticsBatch(normalized, place(labels), normalized)
 
     def build(train, test, mean):
         test_images = test.images.reshape((-1,) + test.images.shape[2:])[:size]  # eval batches: padding at the end

@@ -36,10 +36,10 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 def evaluate_run(workdir: str, step: int | None = None, dataset: str | None = None,
                  data_dir: str | None = None) -> dict:
     config = load_run_config(workdir)
-    if dataset and input_pipeline.num_classes(dataset) != input_pipeline.num_classes(config.dataset):
-        raise ValueError(f"the run was trained on {config.dataset} ({input_pipeline.num_classes(config.dataset)} "
-                         f"classes); {dataset} has {input_pipeline.num_classes(dataset)}: fine-tune it instead "
-                         "(--config.init_from)")
+    trained = input_pipeline.num_classes(config.dataset, config.get("num_classes"))
+    if dataset and input_pipeline.num_classes(dataset) != trained:
+        raise ValueError(f"the run was trained on {config.dataset} ({trained} classes); {dataset} has "
+                         f"{input_pipeline.num_classes(dataset)}: fine-tune it instead (--config.init_from)")
     config.dataset = dataset or config.dataset
     config.data_dir = data_dir or config.data_dir
     mesh = train.make_mesh()
@@ -53,7 +53,7 @@ def evaluate_run(workdir: str, step: int | None = None, dataset: str | None = No
     if step not in steps:
         raise ValueError(f"no checkpoint for step {step}; available: {', '.join(map(str, steps))}")
 
-    data = input_pipeline.load_cifar(config, mesh)
+    data = input_pipeline.load(config, mesh)
     model = train.make_model(config, data.num_classes)
     tx = train.make_optimizer(config)
     replicated = NamedSharding(mesh, P())
@@ -61,11 +61,10 @@ def evaluate_run(workdir: str, step: int | None = None, dataset: str | None = No
     ckpt = checkpointing.Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
     state, _ = ckpt.restore(step, checkpointing.abstract_with_sharding(abstract, replicated))
     ckpt.close()
-    totals = jax.jit(functools.partial(train.evaluate, model=model))(state, data.test, data.train.mean)
-    split = input_pipeline.split_names(config.val_split)[1]
+    metrics = train.make_evaluator(data, model, mesh, top5=True)(state)
+    split = data.test_split if input_pipeline.is_streamed_data(data) else input_pipeline.split_names(config.val_split)[1]
     return {"workdir": os.path.abspath(workdir), "name": config.name, "step": step, "dataset": config.dataset,
-            "split": split, "num_examples": data.num_test,
-            **train.eval_metrics(totals, data.num_test, max(data.num_classes, 100))}
+            "split": split, "num_examples": data.num_test, **metrics}
 
 
 flags.DEFINE_string("workdir", None, "The run's --workdir.")

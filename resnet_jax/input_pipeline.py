@@ -1,4 +1,7 @@
-"""CIFAR input pipeline: TFDS -> uint8 arrays held on the devices -> batches drawn on device.
+"""Input pipelines: which one a dataset uses, and CIFAR's (TFDS -> uint8 arrays on the devices).
+
+CIFAR-10/100 are held on the devices (below); ImageNet-style datasets are streamed from the
+hosts (resnet_jax/imagenet_input.py). `load(config, mesh)` picks by dataset name.
 
 CIFAR is small (150 MB as uint8), so the whole training split lives on every device and each
 training batch is gathered and augmented inside the jitted train step. The host is never the
@@ -15,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DATASETS = {"cifar10": 10, "cifar100": 100}
+DATASETS = {"cifar10": 10, "cifar100": 100}                      # held on the devices
+STREAMED = {"imagenet2012": 1000, "imagenet2012_subset": 1000, "imagenette": 10}  # streamed from the hosts
 PAD = 4  # the paper: pad 4 px each side, random 32x32 crop
 
 
@@ -48,10 +52,34 @@ def _reachable(url: str, timeout: float = 5.0) -> bool:
         return False
 
 
-def num_classes(dataset: str) -> int:
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
-    return DATASETS[dataset]
+def num_classes(dataset: str, override: int | None = None) -> int:
+    """Classes of a known dataset; any other TFDS image dataset (JPEG 'image', 'label') needs `override`."""
+    known = {**DATASETS, **STREAMED}
+    if override:
+        return int(override)
+    if dataset not in known:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(known)} (or any TFDS dataset with "
+                         "'image' and 'label' features, streamed, with --config.num_classes=N)")
+    return known[dataset]
+
+
+def is_streamed(dataset: str) -> bool:
+    """Whether the dataset is streamed from the hosts (everything but CIFAR) rather than held on device."""
+    return dataset not in DATASETS
+
+
+def is_streamed_data(data) -> bool:
+    """Whether a loaded dataset (from `load`) is streamed from the hosts."""
+    return not isinstance(data, CifarData)
+
+
+def load(config, mesh):
+    """The dataset of `config` on `mesh`: CifarData (on the devices) or imagenet_input.StreamedData."""
+    if is_streamed(config.dataset):
+        from resnet_jax import imagenet_input
+
+        return imagenet_input.load(config, mesh)
+    return load_cifar(config, mesh)
 
 
 def split_names(val_split: bool) -> tuple[str, str]:
@@ -72,12 +100,15 @@ def load_split(dataset: str, split: str, data_dir: str | None) -> tuple[np.ndarr
     return images.astype(np.uint8), labels.astype(np.int32)
 
 
-def _prepare(builder, dataset: str) -> None:
+def _prepare(builder, dataset: str, manual_dir: str | None = None) -> None:
     """Downloads and prepares the dataset, or says in one line how to provide it offline."""
     import tensorflow_datasets as tfds
 
     if tfds.core.DatasetBuilder.as_dataset.__module__.endswith("testing.mocking"):
         return  # inside tfds.testing.mock_data: nothing to prepare
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+        _prepare_manual(builder, dataset, manual_dir)
+        return
     missing = (f"{dataset} is not prepared in {builder.data_dir!r} and could not be downloaded "
                "({why}). Without network, copy a TFDS-prepared '" + dataset + "' folder (from "
                "~/tensorflow_datasets of a machine that has it) and pass --config.data_dir=ITS_PARENT_FOLDER.")
@@ -87,6 +118,26 @@ def _prepare(builder, dataset: str) -> None:
         builder.download_and_prepare()
     except Exception as e:
         raise DatasetUnavailableError(missing.format(why=f"{type(e).__name__}: {e}"[:300])) from None
+
+
+MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
+
+
+def _prepare_manual(builder, dataset: str, manual_dir: str | None) -> None:
+    """Datasets behind a licence (imagenet2012): prepared from files the user downloaded by hand."""
+    import tensorflow_datasets as tfds
+
+    manual_dir = manual_dir or os.path.join(str(builder.data_dir_root), "downloads", "manual")
+    needed = MANUAL_FILES.get(dataset, ())
+    missing = [f for f in needed if not os.path.exists(os.path.join(manual_dir, f))]
+    if missing or not os.path.isdir(manual_dir):
+        raise DatasetUnavailableError(
+            f"{dataset} is not prepared in {builder.data_dir!r}, and it cannot be downloaded automatically: "
+            f"download {' and '.join(missing or needed) or 'its files'} by hand (register at {builder.info.homepage}), "
+            f"put them in {manual_dir!r} (or set --config.manual_dir=DIR), and re-run: the first run prepares the "
+            f"dataset (hours for imagenet2012). Or point --config.data_dir at a folder holding a prepared '{dataset}'.")
+    print(f"preparing {dataset} from {manual_dir} into {builder.data_dir} (once; imagenet2012 takes hours)", flush=True)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
 
 
 @flax.struct.dataclass

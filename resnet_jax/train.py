@@ -67,10 +67,18 @@ def make_model(config, num_classes: int):
     return models.create_model(config.model.family, num_classes=num_classes, **fields)
 
 
+def lr_boundaries(config) -> tuple[int, ...]:
+    """Steps at which the lr is divided: `lr_boundaries` (CIFAR, in iterations as the paper counts
+    them) or `lr_boundary_epochs` times `steps_per_epoch` (ImageNet, where the paper counts epochs)."""
+    if config.get("lr_boundary_epochs"):
+        return tuple(int(round(e * config.steps_per_epoch)) for e in config.lr_boundary_epochs)
+    return tuple(int(b) for b in config.lr_boundaries)
+
+
 def lr_schedule(config, base_lr: float | None = None) -> optax.Schedule:
-    """The paper's step schedule: lr divided by 10 at fixed iterations (32k and 48k)."""
+    """The paper's step schedule: lr divided by 10 at fixed steps (CIFAR: 32k and 48k iterations)."""
     return optax.piecewise_constant_schedule(
-        config.learning_rate if base_lr is None else base_lr, {int(b): config.lr_decay for b in config.lr_boundaries})
+        config.learning_rate if base_lr is None else base_lr, {b: config.lr_decay for b in lr_boundaries(config)})
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -96,7 +104,7 @@ def uses_warmup(config) -> bool:
 
 def learning_rate(config, step: int, warmup: bool) -> float:
     """The lr used at `step` (for logs): the schedule times the warm-up factor."""
-    lr = config.learning_rate * config.lr_decay ** sum(step >= b for b in config.lr_boundaries)
+    lr = config.learning_rate * config.lr_decay ** sum(step >= b for b in lr_boundaries(config))
     return lr * (config.warmup_learning_rate / config.learning_rate if warmup else 1.0)
 
 
@@ -122,8 +130,28 @@ def cross_entropy(logits, labels):
 
 def train_step(state: TrainState, data: input_pipeline.DeviceData, *, model, tx, config,
                batch_sharding) -> TrainState:
-    """One SGD step on the batch of `state.step`; metric sums restart at each log boundary."""
+    """One SGD step on the batch of `state.step`, drawn and augmented on the devices (CIFAR)."""
     images, labels = input_pipeline.train_batch(data, state.rng, state.step, config.batch_size)
+    return sgd_step(state, images, labels, model=model, tx=tx, config=config, batch_sharding=batch_sharding)
+
+
+def streamed_train_step(state: TrainState, batch, *, model, tx, config, batch_sharding) -> TrainState:
+    """One SGD step on a batch the hosts decoded and cropped (ImageNet): uint8 images, labels.
+
+    Mean subtraction and the optional PCA colour augmentation (seeded by (seed, step)) run here.
+    """
+    from resnet_jax import imagenet_input
+
+    images, labels = batch
+    images = imagenet_input.normalize(images)
+    if config.get("color_augmentation"):
+        key = jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step)
+        images = imagenet_input.lighting(key, images)
+    return sgd_step(state, images, labels, model=model, tx=tx, config=config, batch_sharding=batch_sharding)
+
+
+def sgd_step(state: TrainState, images, labels, *, model, tx, config, batch_sharding) -> TrainState:
+    """One SGD step on (images, labels); metric sums restart at each log boundary."""
     images = jax.lax.with_sharding_constraint(images, batch_sharding)
     labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
 
@@ -150,22 +178,68 @@ def train_step(state: TrainState, data: input_pipeline.DeviceData, *, model, tx,
         warmup=state.warmup & (error_ema >= config.warmup_until_error), error_ema=error_ema, sums=sums)
 
 
+EVAL_SUMS = ("error", "top5_error", "loss")
+
+
+def batch_eval_sums(state: TrainState, images, labels, mask, *, model) -> dict:
+    """Summed top-1 errors, top-5 errors and loss of one batch of normalised images; padding masked out.
+
+    Images [B, K, H, W, 3] are K crops per example (10-crop testing): their softmax scores are averaged.
+    """
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if images.ndim == 5:
+        b, k = images.shape[:2]
+        logits = model.apply(variables, images.reshape((b * k,) + images.shape[2:]), train=False)
+        probs = jax.nn.softmax(logits.astype(jnp.float32)).reshape(b, k, -1).mean(axis=1)
+        logits = jnp.log(jnp.maximum(probs, 1e-30))  # log of the averaged scores
+    else:
+        logits = model.apply(variables, images, train=False)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    sums = {"error": (jnp.argmax(logits, -1) != labels) * mask,
+            "top5_error": (~jnp.any(top5 == labels[:, None], axis=-1)) * mask,
+            "loss": cross_entropy(logits, labels) * mask}
+    return {k: v.astype(jnp.float32).sum() for k, v in sums.items()}
+
+
 def evaluate(state: TrainState, test: input_pipeline.EvalData, mean: jax.Array, *, model) -> dict:
-    """Summed top-1 errors, top-5 errors and loss over the whole split; padding is masked out."""
+    """`batch_eval_sums` summed over a split held on the devices (CIFAR), in one program."""
 
-    def batch_totals(totals, batch):
+    def add_batch(totals, batch):
         images, labels, mask = batch
-        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                             input_pipeline.normalize(images, mean), train=False)
-        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-        batch = {"error": (jnp.argmax(logits, -1) != labels) * mask,
-                 "top5_error": (~jnp.any(top5 == labels[:, None], axis=-1)) * mask,
-                 "loss": cross_entropy(logits, labels) * mask}
-        return {k: totals[k] + v.sum() for k, v in batch.items()}, None
+        sums = batch_eval_sums(state, input_pipeline.normalize(images, mean), labels, mask, model=model)
+        return {k: totals[k] + sums[k] for k in EVAL_SUMS}, None
 
-    zero = {k: jnp.zeros((), jnp.float32) for k in ("error", "top5_error", "loss")}
-    totals, _ = jax.lax.scan(batch_totals, zero, (test.images, test.labels, test.mask))
+    zero = {k: jnp.zeros((), jnp.float32) for k in EVAL_SUMS}
+    totals, _ = jax.lax.scan(add_batch, zero, (test.images, test.labels, test.mask))
     return totals
+
+
+def make_evaluator(data, model, mesh: Mesh, top5: bool = False):
+    """fn(state) -> test metrics over the whole test split of `data`, on device or streamed.
+
+    Top-5 error is reported for 100+ classes, or always with `top5`.
+    """
+    replicated = NamedSharding(mesh, P())
+    classes = max(data.num_classes, 100) if top5 else data.num_classes
+    if not input_pipeline.is_streamed_data(data):
+        fn = jax.jit(functools.partial(evaluate, model=model), out_shardings=replicated)
+        return lambda state: eval_metrics(fn(state, data.test, data.train.mean), data.num_test, classes)
+
+    from resnet_jax import imagenet_input
+
+    def add_batch(totals, state, images, labels, mask):
+        sums = batch_eval_sums(state, imagenet_input.normalize(images), labels, mask, model=model)
+        return {k: totals[k] + sums[k] for k in EVAL_SUMS}
+
+    add = jax.jit(add_batch, out_shardings=replicated, donate_argnums=0)
+
+    def run(state):
+        totals = jax.jit(lambda: {k: jnp.zeros((), jnp.float32) for k in EVAL_SUMS}, out_shardings=replicated)()
+        for images, labels, mask in data.eval_batches():
+            totals = add(totals, state, images, labels, mask)
+        return eval_metrics(totals, data.num_test, classes)
+
+    return run
 
 
 def eval_metrics(totals: dict, num_examples: int, num_classes: int) -> dict:
@@ -175,11 +249,16 @@ def eval_metrics(totals: dict, num_examples: int, num_classes: int) -> dict:
 
 
 def make_train_step(config, model, tx, mesh: Mesh):
-    """train_step jitted over `mesh`: state replicated and donated, batch sharded over 'data'."""
-    replicated = NamedSharding(mesh, P())
-    step = functools.partial(train_step, model=model, tx=tx, config=config,
-                             batch_sharding=NamedSharding(mesh, P("data")))
-    return jax.jit(step, in_shardings=(replicated, replicated), out_shardings=replicated, donate_argnums=0)
+    """The train step jitted over `mesh`: state replicated and donated, batch sharded over 'data'.
+
+    fn(state, data) with CIFAR's on-device data; fn(state, (images, labels)) for a streamed dataset.
+    """
+    replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    streamed = input_pipeline.is_streamed(config.dataset)
+    step = functools.partial(streamed_train_step if streamed else train_step, model=model, tx=tx, config=config,
+                             batch_sharding=batch)
+    return jax.jit(step, in_shardings=(replicated, (batch, batch) if streamed else replicated),
+                   out_shardings=replicated, donate_argnums=0)
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -187,7 +266,7 @@ def make_train_step(config, model, tx, mesh: Mesh):
 
 def validate_config(config, num_devices: int) -> None:
     """Fails fast, with a message saying what to do, on settings that cannot run."""
-    input_pipeline.num_classes(config.dataset)
+    classes = input_pipeline.num_classes(config.dataset, config.get("num_classes"))
     if config.batch_size % num_devices:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {num_devices} devices; "
                          f"use a multiple of {num_devices} (--config.batch_size=...)")
@@ -201,7 +280,9 @@ def validate_config(config, num_devices: int) -> None:
     for name in ("log_every", "eval_every", "checkpoint_every", "num_train_steps"):
         if config[name] <= 0:
             raise ValueError(f"{name} must be positive, got {config[name]}")
-    make_model(config, input_pipeline.num_classes(config.dataset))  # bad depth / field -> ValueError
+    if input_pipeline.is_streamed(config.dataset) and config.batch_size % jax.process_count():
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {jax.process_count()} hosts")
+    make_model(config, classes)  # bad depth / field -> ValueError
 
 
 def frozen_config_diff(saved: dict, current: dict) -> list[str]:
@@ -296,6 +377,18 @@ def start_from_pretrained(state: TrainState, path: str, sharding) -> tuple[Train
     return state.replace(params=place(params), batch_stats=place(stats)), report
 
 
+def _check_streamed_resume(config, data, saved_runtime: dict) -> None:
+    """Says when a streamed run resumes on another number of hosts (its data order then differs)."""
+    if config.get("train_examples") and config.train_examples != data.num_train and jax.process_index() == 0:
+        print(f"{config.name}: note: the schedule assumes {config.train_examples} training examples, "
+              f"{config.dataset} has {data.num_train}; set --config.train_examples={data.num_train} "
+              "to count epochs of this dataset", flush=True)
+    saved = saved_runtime.get("processes")
+    if saved and saved != jax.process_count() and jax.process_index() == 0:
+        print(f"{config.name}: note: resuming on {jax.process_count()} hosts, saved on {saved}: the data order "
+              "from here on differs from an uninterrupted run (each host reads its own part of the data)", flush=True)
+
+
 def _saved_runtime(config_path: str) -> dict:
     with open(config_path) as f:
         return json.load(f).get("runtime", {})
@@ -355,7 +448,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.close()
         return {"step": start, "finished": True}
 
-    data = input_pipeline.load_cifar(config, mesh)
+    data = input_pipeline.load(config, mesh)
+    streamed = input_pipeline.is_streamed_data(data)
     model = make_model(config, data.num_classes)
     tx = make_optimizer(config)
     replicated = NamedSharding(mesh, P())
@@ -373,23 +467,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, meta = ckpt.restore(start, abstract)
         print(f"{config.name}: resuming from step {start} in {workdir}")
     start = int(host_value(state.step))
+    saved_runtime = _saved_runtime(config_path) if start and os.path.exists(config_path) else {}
 
     if is_main:
         record = config.to_dict()
         record["runtime"] = {"devices": mesh.size, "device_kind": jax.devices()[0].device_kind, "host": host_description(),
                              "processes": jax.process_count(), "num_train": data.num_train, "num_test": data.num_test,
                              "bn_statistics_over": config.model.bn_group_size or config.batch_size}
+        if streamed:
+            record["runtime"]["steps_per_epoch"] = data.steps_per_epoch
         if init_report or (start is not None and os.path.exists(config_path)):
-            record["runtime"]["init_from"] = init_report or _saved_runtime(config_path).get("init_from")
+            record["runtime"]["init_from"] = init_report or saved_runtime.get("init_from")
         with open(config_path + ".tmp", "w") as f:
             json.dump(record, f, indent=2)
         os.replace(config_path + ".tmp", config_path)
     writer = metric_writers.MetricWriter(config, workdir, start, meta["wandb_run_id"], is_main)
 
     step_fn = make_train_step(config, model, tx, mesh)
-    eval_fn = jax.jit(functools.partial(evaluate, model=model), out_shardings=replicated)
-    def run_eval(state):
-        return eval_metrics(eval_fn(state, data.test, data.train.mean), data.num_test, data.num_classes)
+    run_eval = make_evaluator(data, model, mesh)
+    if streamed:  # batches decoded and cropped by the hosts, from the resumed step on
+        _check_streamed_resume(config, data, saved_runtime)
+        batches = data.train_batches(start)
+        next_input = lambda: next(batches)
+    else:  # the whole split is on the devices; the step draws its batch
+        next_input = lambda: data.train
 
     # Layer responses, gradient flow, branch ratios (resnet_jax/diagnostics.py): their own jitted
     # program on a fixed batch, every diagnostics_every steps; the training step is not touched.
@@ -408,7 +509,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_start = time.time()
     with _StopSignal() as stop:
         for step in range(start, config.num_train_steps):
-            state = step_fn(state, data.train)
+            state = step_fn(state, next_input())
             done = step + 1
             if step == start:  # leave compilation out of the images/s figures
                 host_value(state.step)

@@ -1,0 +1,326 @@
+"""ImageNet-style streaming: crop geometry, host shards, exact evaluation, resume, end to end.
+
+Real JPEG records come from benchmarks/jpeg_dataset.py (a TFDS dataset with imagenet2012's
+features, built offline into a temporary folder); `imagenet2012` itself is exercised under
+tfds.testing.mock_data.
+"""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from helpers import REPO, read_jsonl, run_main, without_timing
+
+from benchmarks import jpeg_dataset
+from resnet_jax import imagenet_input as ii
+from resnet_jax import input_pipeline, train
+from resnet_jax.config_args import load_config_module
+
+SMALL = ii.Geometry(image_size=32, min_resize=40, max_resize=64, eval_resize=40)
+TINY_RUN = ("--config.batch_size=8", "--config.eval_batch_size=8", "--config.image_size=32",
+            "--config.train_resize=(40, 64)", "--config.eval_resize=40", "--config.model.dtype=float32",
+            "--config.shuffle_buffer=16", "--config.log_every=2", "--config.diagnostics_every=0",
+            "--config.num_classes=10", "--config.train_examples=40")
+
+
+@pytest.fixture(scope="module")
+def tf():
+    input_pipeline._tfds()
+    import tensorflow as tf
+
+    return tf
+
+
+@pytest.fixture(scope="session")
+def jpeg_dir(tmp_path_factory):
+    """40 training and 13 validation JPEGs of three sizes, in TFDS format."""
+    return jpeg_dataset.build(str(tmp_path_factory.mktemp("tfds")), 40, 13, sizes=((60, 80), (80, 60), (50, 70)))
+
+
+@pytest.fixture(scope="module")
+def builder(jpeg_dir):
+    tfds = input_pipeline._tfds()
+    return tfds.builder(jpeg_dataset.NAME, data_dir=jpeg_dir)
+
+
+def encode(image: np.ndarray, fmt: str = "JPEG") -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **({"quality": 100, "subsampling": 0} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def coordinate_image(height=300, width=400) -> np.ndarray:
+    """Red encodes x and green encodes y, so a crop's pixels say where they came from."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    return np.stack([x / (width - 1) * 255, y / (height - 1) * 255, np.full_like(x, 128)], -1).round().astype(np.uint8)
+
+
+def reference_crop(tf, image, short, top, left, size):
+    """Resize the whole image, then crop: what the paper describes."""
+    h, w = image.shape[:2]
+    scale = short / min(h, w)
+    resized = tf.image.resize(tf.cast(image, tf.float32), (round(h * scale), round(w * scale)), antialias=True)
+    return resized[top:top + size, left:left + size].numpy()
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("short, top, left", [(256, 0, 0), (256, 10, 117), (480, 255, 416), (300, 37, 5)])
+def test_resized_crop_matches_resize_then_crop(tf, fmt, short, top, left):
+    encoded = encode(coordinate_image(), fmt)
+    ours = ii.resized_crop(tf.constant(encoded), short, top, left, 224).numpy()
+    ref = reference_crop(tf, tf.io.decode_image(encoded).numpy(), short, top, left, 224)
+    assert ours.shape == (224, 224, 3)
+    diff = np.abs(ours - ref)[..., :2]
+    # Decoding only the window rounds its position and size to whole source pixels, which moves
+    # crop pixels by up to ~1.5 source pixels at the far edge (one source pixel = 0.64 grey levels
+    # of the red ramp). JPEG's own noise, sampled at slightly different positions, adds to it.
+    assert diff.mean() < 0.6
+    assert diff[4:-4, 4:-4].max() < (1.0 if fmt == "PNG" else 3.0)
+    assert diff.max() < 4.0  # at the border the resize filter sees the window's edge, not the neighbours
+    profile = np.abs(ours[..., 0].mean(0) - ref[..., 0].mean(0))  # where each column came from
+    assert profile[4:-4].max() < (1.0 if fmt == "PNG" else 1.5)
+
+
+def test_eval_image_is_the_centre_crop_of_the_256_image(tf):
+    encoded = encode(coordinate_image(300, 400))  # -> 256 x 341, centre crop at (16, 58)
+    ours = ii.eval_image(tf.constant(encoded), ii.Geometry()).numpy()
+    ref = reference_crop(tf, tf.io.decode_image(encoded).numpy(), 256, 16, 58, 224)
+    assert ours.dtype == np.uint8 and ours.shape == (224, 224, 3)
+    assert np.abs(ours.astype(float) - ref)[..., :2].mean() < 0.6  # + rounding to uint8
+
+
+def test_train_image_crops_in_range_and_flips_half_the_time(tf):
+    image = coordinate_image(300, 400)
+    jpeg = tf.constant(encode(image))
+    flips, lefts = 0, []
+    for i in range(40):
+        crop = ii.train_image(jpeg, tf.constant([7, i], tf.int64), ii.Geometry()).numpy().astype(float)
+        assert crop.shape == (224, 224, 3)
+        red = crop[..., 0].mean(axis=0)  # x coordinate along the row
+        flipped = red[0] > red[-1]
+        flips += flipped
+        lefts.append(red[-1] if flipped else red[0])
+        # scale in [256, 480] / 300: the crop spans 224 / scale source pixels, i.e. 140..262 of 400
+        span = abs(red[-1] - red[0]) * 399 / 255
+        assert 140 - 4 <= span <= 263 + 4
+    assert 8 <= flips <= 32
+    assert len({round(x) for x in lefts}) > 20  # random positions
+    again = ii.train_image(jpeg, tf.constant([7, 3], tf.int64), ii.Geometry()).numpy()
+    first = ii.train_image(jpeg, tf.constant([7, 3], tf.int64), ii.Geometry()).numpy()
+    np.testing.assert_array_equal(again, first)  # stateless: a function of the seed
+
+
+def test_ten_crops(tf):
+    image = coordinate_image(300, 400)
+    crops = ii.ten_crop_images(tf.constant(encode(image)), ii.Geometry()).numpy()
+    assert crops.shape == (10, 224, 224, 3) and crops.dtype == np.uint8
+    np.testing.assert_array_equal(crops[5:], crops[:5, :, ::-1])  # the flips
+    centre = ii.eval_image(tf.constant(encode(image)), ii.Geometry()).numpy()
+    assert np.abs(crops[4].astype(float) - centre)[..., :2].mean() < 1.0
+    assert crops[0, 0, 0, 0] < 5 and crops[1, 0, -1, 0] > 250 and crops[2, -1, 0, 1] > 250  # corners
+
+
+def test_geometry_errors():
+    with pytest.raises(ValueError, match="image_size <= train_resize"):
+        ii.Geometry(224, 200, 480, 256).check()
+    with pytest.raises(ValueError, match="eval_resize 200 is smaller"):
+        ii.Geometry(224, 256, 480, 200).check()
+
+
+# ----------------------------------------------------------------------------- hosts, order, evaluation
+
+
+@pytest.mark.parametrize("hosts", [2, 3])
+def test_host_shards_are_disjoint_and_cover_the_split(builder, hosts):
+    names = []
+    for i in range(hosts):
+        ds = builder.as_dataset(split=ii.host_split("train", i, hosts))
+        names.append({ex["file_name"].numpy() for ex in ds})
+    assert sum(len(n) for n in names) == 40 == len(set().union(*names))
+    assert max(len(n) for n in names) - min(len(n) for n in names) <= 1
+    assert ii.host_sizes(builder, "train", hosts) == [len(n) for n in names]
+
+
+def epoch_batches(builder, epoch=0, skip=0, process_index=0, process_count=1, seed=0):
+    ds = ii.train_epoch_dataset(builder, "train", seed=seed, epoch=epoch, skip_batches=skip, host_batch=4,
+                                steps_per_epoch=40 // process_count // 4, geometry=SMALL,
+                                process_index=process_index, process_count=process_count, shuffle_buffer=16)
+    return [(i.copy(), l.copy()) for i, l in ds.as_numpy_iterator()]
+
+
+def test_train_order_is_a_function_of_seed_epoch_and_step(builder):
+    full = epoch_batches(builder)
+    assert len(full) == 10
+    images, labels = full[0]
+    assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8 and labels.dtype == np.int32
+    assert 0 <= labels.min() and labels.max() < 10 and images.max() > 100
+    again = epoch_batches(builder)
+    for (a, b), (c, d) in zip(full, again):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    resumed = epoch_batches(builder, skip=6)  # what a run resumed at step 6 reads
+    assert len(resumed) == 4
+    for (a, b), (c, d) in zip(full[6:], resumed):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    # Each epoch visits every example once, in a new order.
+    next_epoch = epoch_batches(builder, epoch=1)
+    assert sorted(np.concatenate([l for _, l in full])) == sorted(np.concatenate([l for _, l in next_epoch]))
+    assert not all(np.array_equal(a, c) for (a, _), (c, _) in zip(full, next_epoch))
+    other_seed = epoch_batches(builder, seed=1)
+    assert not np.array_equal(full[0][0], other_seed[0][0])
+
+
+def test_train_batches_cross_epochs_and_resume_mid_epoch(builder):
+    kwargs = dict(steps_per_epoch=10, seed=0, host_batch=4, geometry=SMALL, process_index=0, process_count=1,
+                  shuffle_buffer=16)
+    stream = ii.train_host_batches(builder, "train", start_step=0, **kwargs)
+    first = [next(stream) for _ in range(14)]
+    resumed = ii.train_host_batches(builder, "train", start_step=8, **kwargs)
+    for step in range(8, 14):
+        images, labels = next(resumed)
+        np.testing.assert_array_equal(images, first[step][0])
+        np.testing.assert_array_equal(labels, first[step][1])
+
+
+@pytest.mark.parametrize("hosts, ten_crop", [(1, False), (3, False), (2, True)])
+def test_evaluation_counts_every_example_once(builder, hosts, ten_crop):
+    sizes = ii.host_sizes(builder, "validation", hosts)
+    host_batch = 2
+    num_batches = -(-max(sizes) // host_batch)
+    labels, masks, counts = [], [], []
+    for i in range(hosts):
+        ds = ii.eval_dataset(builder, "validation", host_batch=host_batch, num_batches=num_batches,
+                             num_examples=sizes[i], geometry=SMALL, process_index=i, process_count=hosts,
+                             ten_crop=ten_crop)
+        batches = list(ds.as_numpy_iterator())
+        counts.append(len(batches))
+        assert batches[0][0].shape == (host_batch,) + ((10,) if ten_crop else ()) + (32, 32, 3)
+        labels += [l for _, ls, ms in batches for l, m in zip(ls, ms) if m]
+        masks += [m for _, _, ms in batches for m in ms]
+    assert len(set(counts)) == 1  # every host runs the same number of eval steps
+    assert sum(masks) == len(labels) == 13
+    expected = [int(ex["label"]) for ex in builder.as_dataset(split="validation").as_numpy_iterator()]
+    assert sorted(labels) == sorted(expected)
+
+
+def test_normalize_and_lighting():
+    import jax
+
+    images = np.full((4, 2, 2, 3), 255, np.uint8)
+    out = ii.normalize(images)
+    np.testing.assert_allclose(out[0, 0, 0], 1 - np.asarray(ii.MEAN_RGB), rtol=1e-6)
+    lit = ii.lighting(jax.random.PRNGKey(0), out)
+    shift = np.asarray(lit - out)
+    assert np.allclose(shift, shift[:, :1, :1, :])  # one RGB offset per image
+    assert 0 < np.abs(shift).max() < 0.2 and not np.allclose(shift[0], shift[1])
+
+
+# ----------------------------------------------------------------------------- imagenet2012 itself (mock)
+
+
+def imagenet_config(**overrides):
+    c = load_config_module(str(REPO / "configs" / "imagenet.py")).get_config("depth=18")
+    c.update(dict(batch_size=8, eval_batch_size=8, image_size=32, train_resize=(40, 64), eval_resize=40,
+                  train_examples=24, num_epochs=1, log_every=1, shuffle_buffer=8, checkpoint_every=2,
+                  diagnostics_every=0))
+    c.model.dtype = "float32"
+    c.wandb.mode = "disabled"
+    c.update(overrides)
+    return c
+
+
+def test_imagenet2012_mock_batches_and_training(tmp_path):
+    """imagenet2012 under tfds.testing.mock_data: batch shapes and values, then a few real steps."""
+    tfds = input_pipeline._tfds()
+    config = imagenet_config()
+    with tfds.testing.mock_data(num_examples=24):
+        data = input_pipeline.load(config, train.make_mesh())
+        assert (data.num_classes, data.num_train, data.num_test, data.steps_per_epoch) == (1000, 24, 24, 3)
+        images, labels = next(data.train_batches(0))
+        assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8 and labels.shape == (8,)
+        assert len(images.sharding.device_set) == 8
+        assert 0 <= int(labels.min()) and int(labels.max()) < 1000
+        last = train.train_and_evaluate(config, str(tmp_path))
+    assert last["step"] == 3 and 0 <= last["test/error"] <= 1 and "test/top5_error" in last
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["runtime"]["steps_per_epoch"] == 3 and saved["num_train_steps"] == 3
+
+
+def test_imagenet2012_missing_says_where_the_tar_files_go(tmp_path):
+    config = imagenet_config(data_dir=str(tmp_path))
+    with pytest.raises(input_pipeline.DatasetUnavailableError) as e:
+        input_pipeline.load(config, train.make_mesh())
+    message = str(e.value)
+    assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in message
+    assert os.path.join(str(tmp_path), "downloads", "manual") in message and "--config.manual_dir" in message
+    assert "\n" not in message
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_imagenet_configs():
+    imagenet = load_config_module(str(REPO / "configs" / "imagenet.py"))
+    c = imagenet.get_config("depth=34,residual=false")
+    assert (c.name, c.model.family, c.model.shortcut, c.batch_size, c.model.dtype) == \
+        ("plain-34", "imagenet", "A", 256, "bfloat16")
+    assert c.steps_per_epoch == 5004 and c.num_train_steps == 90 * 5004
+    assert train.lr_boundaries(c) == (30 * 5004, 60 * 5004)
+    c.batch_size = 512  # the schedule stays in epochs
+    assert c.steps_per_epoch == 2502 and c.num_train_steps == 90 * 2502 and c.eval_every == 2502
+    c.eval_every = 1000  # overriding one derived field leaves the others alone
+    assert c.steps_per_epoch == 2502 and c.diagnostics_every == 2502
+    assert imagenet.get_config("depth=50").model.shortcut == "B"
+    assert imagenet.get_config("depth=34,shortcut=C").name == "resnet-34-C"
+    with pytest.raises(ValueError, match="unknown config argument 'width'"):
+        imagenet.get_config("width=2")
+
+    sweep = load_config_module(str(REPO / "configs" / "imagenet_degradation.py"))
+    assert sweep.get_sweep() == ["plain-18", "plain-34", "resnet-18", "resnet-34"]
+    names = sweep.get_sweep("table3")
+    configs = [sweep.get_config(f"run={n},table3") for n in names]
+    assert [c.name for c in configs] == names
+    assert [c.model.shortcut for c in configs] == ["A", "A", "A", "A", "B", "C"]
+    assert sweep.get_config("run=plain-18,imagenette").dataset == "imagenette"
+    assert sweep.get_config("run=plain-18,imagenette").steps_per_epoch == 9469 // 256
+    with pytest.raises(ValueError, match="not in this sweep"):
+        sweep.get_config("run=resnet-34-B")
+
+
+def test_unknown_dataset_needs_num_classes():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'.*--config.num_classes=N"):
+        input_pipeline.num_classes("mnist")
+    assert input_pipeline.num_classes("mnist", 10) == 10
+    assert input_pipeline.is_streamed("imagenet2012") and not input_pipeline.is_streamed("cifar10")
+
+
+# ----------------------------------------------------------------------------- through main, resumed
+
+
+def test_main_streams_and_resumes_exactly(jpeg_dir, tmp_path):
+    """A run stopped at step 6 and resumed equals the run never stopped (data order from (seed, step))."""
+    common = (f"--config.data_dir={jpeg_dir}", "--config.checkpoint_every=3", *TINY_RUN)
+    config = f"configs/imagenet.py:depth=18,dataset={jpeg_dataset.NAME}"
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    run_main(whole, *common, "--config.num_epochs=2", config=config, devices=4)
+    run_main(part, *common, "--config.num_train_steps=6", config=config, devices=4)
+    out = run_main(part, *common, "--config.num_epochs=2", config=config, devices=4).stdout
+    assert "resuming from step 6" in out
+    a, b = read_jsonl(whole / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] and a[-1]["step"] == 10
+    first_end = next(r for r in b if r["step"] == 6)  # the stopped run evaluated at its last step
+    for key in [k for k in first_end if k.startswith("test/")]:
+        del first_end[key]
+    assert without_timing(a) == without_timing(b)
+    assert {r["step"] for r in a if "test/error" in r} == {5, 10}  # once per epoch
+    saved = json.loads((whole / "config.json").read_text())
+    assert saved["runtime"]["num_train"] == 40 and saved["runtime"]["num_test"] == 13
