@@ -66,6 +66,25 @@ class Run:
     def best_test_error(self) -> float | None:
         return min(e for _, e in self.test) if self.test else None
 
+    @property
+    def dataset(self) -> str:
+        return self.config.get("dataset") or "cifar10"
+
+    @property
+    def is_imagenet(self) -> bool:
+        """An ImageNet-style (streamed) run: Fig. 4 / Table 2 rather than Fig. 6 / Table 6."""
+        return not self.dataset.startswith("cifar")
+
+    @property
+    def shortcut(self) -> str | None:
+        return (self.config.get("model") or {}).get("shortcut")
+
+    @property
+    def steps_per_epoch(self) -> float | None:
+        """From the config (ImageNet configs count in epochs) or what the run measured."""
+        value = self.config.get("steps_per_epoch") or (self.config.get("runtime") or {}).get("steps_per_epoch")
+        return float(value) if value else None
+
     def sort_key(self):
         order = {"plain": 0, "resnet": 1, "preact-resnet": 2}.get(self.kind, 3)
         return order, self.depth if self.depth is not None else 1 << 30, self.name

@@ -1,6 +1,7 @@
-"""Fig. 6 of He et al. (2016) from a sweep: training (dashed) and test (bold) error against iterations.
+"""Fig. 6 (CIFAR-10) or Fig. 4 (ImageNet) of He et al. (2016) from a sweep: training and test error.
 
     python experiments/plot_degradation.py runs/cifar10-degradation                # -> runs/cifar10-degradation/fig6.{png,pdf}
+    python experiments/plot_degradation.py runs/imagenet-degradation               # -> runs/imagenet-degradation/fig4.{png,pdf}
     python experiments/plot_degradation.py runs/a/plain-20 runs/b/resnet-20 --out figs/mine
     python experiments/plot_degradation.py --wandb ENTITY/resnet-degradation --group cifar10-degradation
 
@@ -9,6 +10,9 @@ Panels as in the paper: plain nets (left), ResNets (middle), and ResNet-110 agai
 every panel, so plain-56 and ResNet-56 can be compared across panels. Works for runs of any length
 (the x axis switches to units of 1e4 iterations, as in the paper, from 10k iterations on) and for
 runs still in progress (their legend entry says how far they are).
+
+ImageNet runs (any dataset but CIFAR) give Fig. 4 instead: plain-18/34 (left) and ResNet-18/34
+(right), thin training error and bold validation (centre-crop) error against epochs.
 """
 from __future__ import annotations
 
@@ -30,10 +34,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 from experiments import Run, WandbUnavailable, add_source_arguments, load_runs  # noqa: E402
 
 # The paper's colours, roughly: 20 yellow, 32 cyan, 44 green, 56 red, 110 black (1202 added).
-PAPER_COLORS = {20: "#e8b400", 32: "#17becf", 44: "#2ca02c", 56: "#d62728", 110: "#000000", 1202: "#9467bd"}
+PAPER_COLORS = {20: "#e8b400", 32: "#17becf", 44: "#2ca02c", 56: "#d62728", 110: "#000000", 1202: "#9467bd",
+                18: "#1f77b4", 34: "#d62728"}  # Fig. 4: 18 layers blue, 34 red
 OTHER_COLORS = ["#1f77b4", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#393b79", "#637939"]
 TRAIN_STYLE = dict(linestyle="--", linewidth=1.0)
 TEST_STYLE = dict(linestyle="-", linewidth=2.2)
+FIG4_TRAIN_STYLE = dict(linestyle="-", linewidth=0.9)  # Fig. 4: thin training, bold validation error
 
 
 def depth_colors(depths: Sequence[int | None]) -> dict:
@@ -49,7 +55,7 @@ def panels(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
     """[(title, runs)] in the paper's order: plain, ResNet, ResNet-110 vs deeper (when present)."""
     plain = [r for r in runs if r.residual is False]
     resnets = [r for r in runs if r.residual]
-    deep = [r for r in resnets if r.depth is not None and r.depth > 110]
+    deep = [r for r in resnets if r.depth is not None and r.depth > 110 and not r.is_imagenet]
     out = []
     if plain:
         out.append(("plain", plain))
@@ -84,18 +90,23 @@ def plot(runs: Sequence[Run], title: str | None = None, ylim: float | None = Non
     colors = depth_colors([r.depth for r in runs])
     max_step = max([r.steps_done for r in runs] + [1])
     scale, xlabel = (1e4, "iter. (1e4)") if max_step >= 10_000 else (1.0, "iterations")
+    by_epoch = all(r.steps_per_epoch for r in runs)  # Fig. 4: against epochs
+    train_style, test_name = (FIG4_TRAIN_STYLE, "validation error") if by_epoch else (TRAIN_STYLE, "test error")
+    if by_epoch:
+        xlabel = "epochs"
     top = ylim or y_top(runs)
 
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), sharey=True, squeeze=False)
     for ax, (panel_title, panel_runs) in zip(axes[0], groups):
         for run in sorted(panel_runs, key=Run.sort_key):
             color = colors[run.depth]
+            per = run.steps_per_epoch if by_epoch else scale
             if run.train:
-                (line,) = ax.plot([s / scale for s, _ in run.train], [100 * e for _, e in run.train],
-                                  color=color, **TRAIN_STYLE)
+                (line,) = ax.plot([s / per for s, _ in run.train], [100 * e for _, e in run.train],
+                                  color=color, **train_style)
                 line.set_gid(f"{run.name}/train")
             if run.test:
-                (line,) = ax.plot([s / scale for s, _ in run.test], [100 * e for _, e in run.test], color=color,
+                (line,) = ax.plot([s / per for s, _ in run.test], [100 * e for _, e in run.test], color=color,
                                   marker="o" if len(run.test) == 1 else None, label=legend_label(run), **TEST_STYLE)
                 line.set_gid(f"{run.name}/test")
             elif run.train:  # no evaluation yet: label the training curve
@@ -106,8 +117,8 @@ def plot(runs: Sequence[Run], title: str | None = None, ylim: float | None = Non
         ax.set_ylim(0, top)
         ax.grid(True, alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
-        handles += [Line2D([], [], color="0.3", **TRAIN_STYLE), Line2D([], [], color="0.3", **TEST_STYLE)]
-        labels += ["training error", "test error"]
+        handles += [Line2D([], [], color="0.3", **train_style), Line2D([], [], color="0.3", **TEST_STYLE)]
+        labels += ["training error", test_name]
         ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.85)
     axes[0][0].set_ylabel("error (%)")
     if title:
@@ -131,14 +142,22 @@ def default_title(runs: Sequence[Run]) -> str:
     steps = sorted({r.num_train_steps for r in runs if r.num_train_steps})
     hardware = sorted({r.hardware for r in runs})
     steps_text = "/".join(str(s) for s in steps) or "?"
+    if runs and all(r.steps_per_epoch for r in runs):
+        epochs = sorted({round(r.num_train_steps / r.steps_per_epoch, 1) for r in runs if r.num_train_steps})
+        datasets = ", ".join(sorted({r.dataset for r in runs}))
+        return f"{datasets}, {'/'.join(f'{e:g}' for e in epochs) or '?'} epochs ({', '.join(hardware)})"
     return f"CIFAR-10, {steps_text} iterations ({', '.join(hardware)})"
+
+
+def figure_name(runs: Sequence[Run]) -> str:
+    return "fig4" if runs and all(r.is_imagenet for r in runs) else "fig6"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_source_arguments(parser)
     parser.add_argument("--out", default=None,
-                        help="output path without extension (default: SWEEP_DIR/fig6, or fig6-GROUP for W&B)")
+                        help="output path without extension (default: SWEEP_DIR/fig6 or fig4, or fig6-GROUP for W&B)")
     parser.add_argument("--title", default=None, help="figure title (default: steps and hardware)")
     parser.add_argument("--ymax", type=float, default=None,
                         help="top of the error axis in %% (default: 20 as in the paper where the final errors fit)")
@@ -149,8 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WandbUnavailable, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = args.out or (os.path.join(args.paths[0], "fig6") if args.paths and not args.wandb
-                       else f"fig6-{args.group or 'wandb'}")
+    name = figure_name(runs)
+    out = args.out or (os.path.join(args.paths[0], name) if args.paths and not args.wandb
+                       else f"{name}-{args.group or 'wandb'}")
     for path in save(fig, out):
         print(path)
     return 0

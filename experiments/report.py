@@ -38,6 +38,14 @@ PAPER = {
     (False, 56): ("~5.4", "~13.2"),
     (False, 110): (">60", ">60"),
 }
+# ImageNet: top-1 validation error, 10-crop testing (Table 2 for 18/34 layers, option A; Table 3 for
+# the shortcut options and deeper nets), keyed by (residual, depth, shortcut); plain nets have none.
+PAPER_IMAGENET = {
+    (False, 18, None): "27.94", (False, 34, None): "28.54",
+    (True, 18, "A"): "27.88", (True, 34, "A"): "25.03", (True, 34, "B"): "24.52", (True, 34, "C"): "24.19",
+    (True, 50, "B"): "22.85", (True, 101, "B"): "21.75", (True, 152, "B"): "21.43",
+}
+IMAGENET_EPOCHS = 90  # our schedule (configs/imagenet.py); the paper trains up to 60e4 iterations (120 epochs)
 COLUMNS = ("run", "net", "steps", "hardware", "data (train/test)", "img/s", "train err %", "test err %",
            "best test err %", "paper train err %", "paper test err %")
 
@@ -49,6 +57,10 @@ def _pct(x: float | None) -> str:
 def paper_numbers(run: Run) -> tuple[str, str]:
     if run.preact or run.residual is None or run.depth is None:
         return "-", "-"
+    if run.is_imagenet:
+        if run.dataset != "imagenet2012":
+            return "-", "-"
+        return "-", PAPER_IMAGENET.get((run.residual, run.depth, run.shortcut if run.residual else None), "-")
     return PAPER.get((run.residual, run.depth), ("-", "-"))
 
 
@@ -75,10 +87,17 @@ def notes(runs: Sequence[Run]) -> str:
            "test error of any evaluation.",
            "Paper: Table 6 (ResNet test error) and Fig. 6 read-offs (~) after 64k iterations at batch 128 on "
            "the full 50k/10k CIFAR-10 split."]
-    short = list(dict.fromkeys(r.name for r in runs if (r.num_train_steps or 0) < PAPER_ITERATIONS))
+    if any(r.is_imagenet for r in runs):
+        out.append("ImageNet (imagenet2012): paper column = top-1 validation error with 10-crop testing (Table 2, "
+                   "option A; Table 3 for B/C and 50+ layers); ours is the single centre crop unless the run set "
+                   "ten_crop=true (single-crop errors are higher than 10-crop ones).")
+    short = list(dict.fromkeys(
+        r.name for r in runs if (r.num_train_steps or 0) < (
+            IMAGENET_EPOCHS * (r.steps_per_epoch or 0) if r.is_imagenet else PAPER_ITERATIONS)))
     if short:
-        out.append(f"Runs with fewer than {PAPER_ITERATIONS} iterations ({', '.join(short)}) are not "
-                   "comparable with the paper's numbers; they show the early part of the curves only.")
+        out.append(f"Runs shorter than the paper's schedule ({', '.join(short)}: CIFAR {PAPER_ITERATIONS} iterations, "
+                   f"ImageNet {IMAGENET_EPOCHS} epochs) are not comparable with its numbers; they show the early "
+                   "part of the curves only.")
     return "\n".join(out) + "\n"
 
 

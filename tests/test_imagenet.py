@@ -306,21 +306,67 @@ def test_unknown_dataset_needs_num_classes():
 # ----------------------------------------------------------------------------- through main, resumed
 
 
-def test_main_streams_and_resumes_exactly(jpeg_dir, tmp_path):
+COMMON = ("--config.checkpoint_every=3", *TINY_RUN)
+CONFIG = f"configs/imagenet_degradation.py:run={{}}"
+
+
+def sweep_run(workdir, jpeg_dir, run, *extra):
+    return run_main(workdir, f"--config.data_dir={jpeg_dir}", f"--config.dataset={jpeg_dataset.NAME}", *COMMON,
+                    *extra, config=CONFIG.format(run), devices=4)
+
+
+@pytest.fixture(scope="module")
+def fig4_sweep(jpeg_dir, tmp_path_factory):
+    """plain-18 and resnet-18 of the Fig. 4 sweep, 2 epochs each on the JPEG dataset, through main."""
+    root = tmp_path_factory.mktemp("fig4")
+    for run in ("plain-18", "resnet-18"):
+        sweep_run(root / run, jpeg_dir, run, "--config.num_epochs=2")
+    return root
+
+
+def test_main_streams_and_resumes_exactly(fig4_sweep, jpeg_dir, tmp_path):
     """A run stopped at step 6 and resumed equals the run never stopped (data order from (seed, step))."""
-    common = (f"--config.data_dir={jpeg_dir}", "--config.checkpoint_every=3", *TINY_RUN)
-    config = f"configs/imagenet.py:depth=18,dataset={jpeg_dataset.NAME}"
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    run_main(whole, *common, "--config.num_epochs=2", config=config, devices=4)
-    run_main(part, *common, "--config.num_train_steps=6", config=config, devices=4)
-    out = run_main(part, *common, "--config.num_epochs=2", config=config, devices=4).stdout
+    part = tmp_path / "part"
+    sweep_run(part, jpeg_dir, "resnet-18", "--config.num_train_steps=6")
+    out = sweep_run(part, jpeg_dir, "resnet-18", "--config.num_epochs=2").stdout
     assert "resuming from step 6" in out
-    a, b = read_jsonl(whole / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")
+    a, b = read_jsonl(fig4_sweep / "resnet-18" / "metrics.jsonl"), read_jsonl(part / "metrics.jsonl")
     assert [r["step"] for r in a] == [r["step"] for r in b] and a[-1]["step"] == 10
     first_end = next(r for r in b if r["step"] == 6)  # the stopped run evaluated at its last step
     for key in [k for k in first_end if k.startswith("test/")]:
         del first_end[key]
     assert without_timing(a) == without_timing(b)
     assert {r["step"] for r in a if "test/error" in r} == {5, 10}  # once per epoch
-    saved = json.loads((whole / "config.json").read_text())
+    saved = json.loads((fig4_sweep / "resnet-18" / "config.json").read_text())
     assert saved["runtime"]["num_train"] == 40 and saved["runtime"]["num_test"] == 13
+    assert saved["model"]["shortcut"] == "A" and saved["runtime"]["steps_per_epoch"] == 5
+
+
+def test_fig4_and_report_from_the_sweep(fig4_sweep):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from experiments import load_local_runs, plot_degradation, report
+
+    runs = load_local_runs([str(fig4_sweep)])
+    assert [r.name for r in runs] == ["plain-18", "resnet-18"] and all(r.is_imagenet for r in runs)
+    fig = plot_degradation.plot(runs, plot_degradation.default_title(runs))
+    left, right = fig.axes
+    assert (left.get_title(), right.get_title(), left.get_xlabel()) == ("plain", "ResNet", "epochs")
+    test_line = next(l for l in right.lines if l.get_gid() == "resnet-18/test")
+    assert list(test_line.get_xdata()) == [1.0, 2.0]  # evaluated after each epoch
+    assert "synthetic_jpeg, 2 epochs" in fig._suptitle.get_text()
+    assert plot_degradation.main([str(fig4_sweep)]) == 0
+    assert (fig4_sweep / "fig4.png").exists() and (fig4_sweep / "fig4.pdf").exists()
+    text = report.report(runs)
+    assert "10-crop" in text and "not comparable" in text
+
+
+def test_report_knows_the_paper_imagenet_numbers():
+    from experiments import Run, report
+
+    run = Run(name="resnet-34-B", depth=34, residual=True,
+              config={"dataset": "imagenet2012", "model": {"shortcut": "B"}, "steps_per_epoch": 5004})
+    assert report.paper_numbers(run) == ("-", "24.52")
+    plain = Run(name="plain-34", depth=34, residual=False, config={"dataset": "imagenet2012", "model": {"shortcut": "A"}})
+    assert report.paper_numbers(plain) == ("-", "28.54")
