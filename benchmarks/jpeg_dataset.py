@@ -4,9 +4,9 @@ ImageNet cannot be downloaded here (and needs a manual download anywhere), but w
 pipeline does per image — read a record, decode a JPEG, resize, crop, flip — depends only on the
 image size and the JPEG encoding. This builds a TFDS dataset with the same features as
 ``imagenet2012`` (``image`` JPEG, ``label``, ``file_name``; ``train`` and ``validation``) whose
-images have ImageNet's typical size (about 500x375, quality-90 JPEGs of ~110 KB by default). Its
-pixels come from CIFAR-10 images upscaled (so they are natural-image-like, not noise, and JPEG
-sizes are realistic) when a CIFAR-10 TFDS folder is given, else from smooth random patterns.
+images have ImageNet's typical size (about 500x375, quality-90 JPEGs). Their pixels come from
+CIFAR-10 images upscaled plus film grain (natural-image-like, ~90 KB per JPEG; ImageNet's average
+is ~110 KB) when a CIFAR-10 TFDS folder is given, else from smooth random patterns (small JPEGs).
 
     python benchmarks/jpeg_dataset.py --data_dir /tmp/tfds --train 2000 --validation 500
 
@@ -25,16 +25,17 @@ NAME = "synthetic_jpeg"
 
 def make_builder(data_dir: str, num_train: int, num_validation: int, num_classes: int = 10,
                  sizes: tuple[tuple[int, int], ...] = ((375, 500), (500, 375), (333, 500), (500, 500)),
-                 cifar_dir: str | None = None, quality: int = 90, shards: int = 4):
+                 cifar_dir: str | None = None, quality: int = 90, grain: float = 16.0):
     """The builder (not yet prepared) of `NAME` in `data_dir`; call download_and_prepare() on it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow_datasets as tfds
     from PIL import Image
 
     def pixels(rng, index, height, width):
-        if cifar is not None:
+        if cifar is not None:  # upscaled CIFAR plus grain: ImageNet-like detail, so JPEG sizes are realistic
             small = cifar[index % len(cifar)]
-            return np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC))
+            image = np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC)).astype(np.float64)
+            return np.clip(image + rng.normal(0, grain, image.shape), 0, 255).astype(np.uint8)
         y, x = np.mgrid[0:height, 0:width] / max(height, width)
         phase = rng.uniform(0, 2 * np.pi, 3)
         freq = rng.uniform(2, 12, (3, 2))
@@ -50,7 +51,7 @@ def make_builder(data_dir: str, num_train: int, num_validation: int, num_classes
     cifar = None
     if cifar_dir:
         builder = tfds.builder("cifar10", data_dir=cifar_dir)
-        cifar = next(iter(tfds.as_numpy(builder.as_dataset(split="train", batch_size=-1))))["image"]
+        cifar = tfds.as_numpy(builder.as_dataset(split="train", batch_size=-1))["image"]
 
     class SyntheticJpeg(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version("1.0.0")

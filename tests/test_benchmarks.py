@@ -136,3 +136,14 @@ def test_train_step_compiles_once():
     assert step_fn._cache_size() == 1
     assert log.names.count("jit(train_step)") == 1, log.names
     assert int(state.step) == 4
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_input_pipeline_benchmark_reports_images_per_second(tmp_path, mode):
+    proc = run_script(BENCH / "input_pipeline.py", f"--data_dir={tmp_path}", "--num_images=48", "--batch_size=8",
+                      "--batches=2", "--warmup=1", "--image_size=64", "--shuffle_buffer=16", "--json",
+                      *(["--eval"] if mode == "eval" else []))
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["pipeline"] == mode and row["split"] == ("validation" if mode == "eval" else "train")
+    assert row["images_per_s"] > 0 and row["batches"] == (1 if mode == "eval" else 2)
+    assert row["mean_megapixels"] > 0.15 and row["mean_jpeg_kb"] > 1  # ImageNet-size images
