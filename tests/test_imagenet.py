@@ -370,3 +370,34 @@ def test_report_knows_the_paper_imagenet_numbers():
     assert report.paper_numbers(run) == ("-", "24.52")
     plain = Run(name="plain-34", depth=34, residual=False, config={"dataset": "imagenet2012", "model": {"shortcut": "A"}})
     assert report.paper_numbers(plain) == ("-", "28.54")
+
+
+def test_two_hosts_stream_their_own_shards_and_evaluate_exactly(jpeg_dir, tmp_path):
+    """2 processes x 2 devices (resnet_jax.local_cluster): each host reads its half of the data and the
+    global batch is assembled from both; the validation error equals a one-process evaluation of
+    the same checkpoint; resuming on one host says that the data order changes."""
+    import subprocess
+    import sys
+
+    from helpers import env_with_devices
+
+    args = [f"--config={CONFIG.format('resnet-18')}", f"--workdir={tmp_path}", f"--config.data_dir={jpeg_dir}",
+            f"--config.dataset={jpeg_dataset.NAME}", *COMMON, "--config.num_train_steps=5", "--compilation_cache="]
+    proc = subprocess.run([sys.executable, "-m", "resnet_jax.local_cluster", "--hosts=2", "--devices_per_host=2",
+                           "--heartbeat_s=30", "--", *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=env_with_devices(2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["runtime"]["processes"] == 2 and saved["runtime"]["steps_per_epoch"] == 5  # 20 images per host
+    logged = read_jsonl(tmp_path / "metrics.jsonl")[-1]
+    assert logged["step"] == 5
+
+    evaluated = subprocess.run([sys.executable, "-m", "resnet_jax.evaluate", f"--workdir={tmp_path}"], cwd=REPO,
+                               capture_output=True, text=True, timeout=600, env=env_with_devices(4))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    result = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert result["num_examples"] == 13 and result["split"] == "validation"
+    assert result["test/error"] == pytest.approx(logged["test/error"], abs=1e-9)
+
+    out = sweep_run(tmp_path, jpeg_dir, "resnet-18", "--config.num_train_steps=7").stdout
+    assert "resuming on 1 hosts, saved on 2" in out and "resuming from step 5" in out
