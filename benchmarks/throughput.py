@@ -5,6 +5,7 @@
     python benchmarks/throughput.py --model=resnet20 --dtype=bfloat16 --peak_tflops=989   # GPU, bf16
     python benchmarks/throughput.py --model=resnet20 --replicas=1,4     # K vmapped runs in one program
     python benchmarks/throughput.py --model=resnet20 --eval              # + one full test-set evaluation
+    python benchmarks/throughput.py --model=resnet34,plain34 --batch_size=256 --dtype=bfloat16   # ImageNet nets
 
 What is timed is exactly what ``train.train_and_evaluate`` runs: ``train.make_train_step(config,
 model, tx, mesh)`` (state replicated and donated, batch sharded over every device) on an
@@ -30,6 +31,12 @@ step, and nothing crosses from the host per step. Per configuration:
 With ``--json`` one JSON object per configuration goes to stdout (the table to stderr).
 ``--sync=DIR:K`` (used by benchmarks/sweep_time.py, one configuration per process) times the steps
 only while K such processes all run on the device, to measure runs sharing a GPU.
+
+ImageNet nets (resnet18 ... resnet152, plain18 ... plain152) run ``train.streamed_train_step`` on
+one fixed global batch of random uint8 224x224 images already on the devices (sharded over 'data',
+as ``jax.make_array_from_process_local_data`` delivers it), i.e. the accelerator side only; compare
+``img_per_s`` with what one host's input pipeline delivers (benchmarks/input_pipeline.py) to see
+whether the hosts can feed the accelerators. ``--replicas`` and ``--eval`` are CIFAR-only.
 """
 from __future__ import annotations
 
@@ -80,12 +87,13 @@ PEAK_TFLOPS = (
 
 
 def parse_model(name: str) -> dict:
-    """CIFAR net fields of a registry name (resnet20, plain56, preact_resnet164, ...) or of any
-    ``resnetN`` / ``plainN`` / ``preact_resnetN`` with a valid CIFAR depth (resnet8, plain14, ...)."""
+    """Net fields of a registry name (resnet20, plain56, preact_resnet164, resnet34, ...) or of any
+    ``resnetN`` / ``plainN`` / ``preact_resnetN`` with a valid CIFAR depth (resnet8, plain14, ...).
+    ImageNet nets get ``imagenet=True``."""
     if name in models.MODEL_NAMES:
         m = models.create_model(name)
         if not isinstance(m, models.CifarResNet):
-            raise ValueError(f"{name} is an ImageNet net; this benchmark trains on CIFAR-shaped data")
+            return dict(imagenet=True, depth=m.depth, residual=m.residual, shortcut=m.shortcut)
         return dict(depth=m.depth, residual=m.residual, shortcut=m.shortcut, preact=m.preact,
                     bottleneck=m.bottleneck)
     match = re.fullmatch(r"(plain|resnet|preact_resnet)(\d+)", name)
@@ -100,9 +108,9 @@ def parse_model(name: str) -> dict:
 
 def make_config(name: str, batch_size: int, dtype: str = "float32", scan: bool | None = None):
     f = parse_model(name)
-    cifar10 = load_config_module(REPO / "configs" / "cifar10.py")
+    family = "imagenet" if f.pop("imagenet", False) else "cifar10"
     arg = ",".join(f"{k}={v}" for k, v in f.items())
-    config = cifar10.get_config(arg)
+    config = load_config_module(REPO / "configs" / f"{family}.py").get_config(arg)
     config.batch_size = batch_size
     config.model.dtype = dtype
     config.model.scan = scan
@@ -115,6 +123,15 @@ def random_device_data(mesh, num_examples: int, seed: int = 0) -> input_pipeline
     images = rng.integers(0, 256, (num_examples, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, num_examples).astype(np.int32)
     return input_pipeline.to_device(images, labels, input_pipeline.pixel_mean(images), NamedSharding(mesh, P()))
+
+
+def random_global_batch(mesh, batch_size: int, image_size: int = 224, seed: int = 0):
+    """A streamed (ImageNet) batch as the hosts deliver it: uint8 images and labels sharded over 'data'."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
+    labels = rng.integers(0, 1000, batch_size).astype(np.int32)
+    sharding = NamedSharding(mesh, P("data"))
+    return tuple(jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in (images, labels))
 
 
 def make_replicated_step(config, model, tx, mesh, replicas: int):
@@ -193,10 +210,15 @@ def _setup(name: str, batch_size: int, dtype: str, scan: bool | None, devices: t
     mesh = train.make_mesh(list(devices))
     config = make_config(name, batch_size, dtype, scan)
     train.validate_config(config, mesh.size)
-    model = train.make_model(config, 10)
+    classes = 1000 if input_pipeline.is_streamed(config.dataset) else 10
+    model = train.make_model(config, classes)
     tx = train.make_optimizer(config)
-    data = random_device_data(mesh, num_examples)
-    init = jax.jit(functools.partial(train.init_state, config, model, tx, 10), out_shardings=NamedSharding(mesh, P()))
+    if input_pipeline.is_streamed(config.dataset):
+        data = random_global_batch(mesh, batch_size, config.image_size)
+    else:
+        data = random_device_data(mesh, num_examples)
+    init = jax.jit(functools.partial(train.init_state, config, model, tx, classes),
+                   out_shardings=NamedSharding(mesh, P()))
     return config, model, tx, mesh, data, init
 
 
@@ -207,6 +229,8 @@ def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int 
     devices = list(devices or jax.devices())
     config, model, tx, mesh, data, init = _setup(name, batch_size, dtype, scan, tuple(devices), num_examples)
     replicated = NamedSharding(mesh, P())
+    if input_pipeline.is_streamed(config.dataset) and (replicas > 1 or with_eval):
+        raise ValueError(f"{name}: --replicas and --eval are for CIFAR nets")
 
     t = time.perf_counter()
     state = init()

@@ -2,7 +2,7 @@
 
 Launch every run of the sweep (each in DIR/<run-name>), then draw the figure:
 
-    ./launch.sh configs/imagenet_degradation.py --workdir runs/fig4 -- --config.data_dir=DATA_DIR
+    ./launch.sh configs/imagenet_degradation.py --workdir runs/fig4 --config.data_dir=DATA_DIR
     python experiments/plot_degradation.py runs/fig4
 
 One run of it by hand:

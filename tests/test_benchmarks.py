@@ -147,3 +147,11 @@ def test_input_pipeline_benchmark_reports_images_per_second(tmp_path, mode):
     assert row["pipeline"] == mode and row["split"] == ("validation" if mode == "eval" else "train")
     assert row["images_per_s"] > 0 and row["batches"] == (1 if mode == "eval" else 2)
     assert row["mean_megapixels"] > 0.15 and row["mean_jpeg_kb"] > 1  # ImageNet-size images
+
+
+def test_throughput_of_an_imagenet_net_runs_the_streamed_step():
+    proc = run_script(BENCH / "throughput.py", "--model=resnet18", "--batch_size=8", "--steps=1", "--warmup=0",
+                      "--devices=2", "--json")
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["model"] == "resnet18" and row["macs_per_image"] == pytest.approx(1.82e9, rel=0.01)
+    assert row["img_per_s"] > 0 and row["devices"] == 2
