@@ -32,7 +32,8 @@ With ``--json`` one JSON object per configuration goes to stdout (the table to s
 ``--sync=DIR:K`` (used by benchmarks/sweep_time.py, one configuration per process) times the steps
 only while K such processes all run on the device, to measure runs sharing a GPU.
 
-ImageNet nets (resnet18 ... resnet152, plain18 ... plain152) run ``train.streamed_train_step`` on
+ImageNet nets (resnet18 ... resnet152, plain18 ... plain152; configs/imagenet.py, so option A
+shortcuts for 18/34 layers as in Fig. 4) run ``train.streamed_train_step`` on
 one fixed global batch of random uint8 224x224 images already on the devices (sharded over 'data',
 as ``jax.make_array_from_process_local_data`` delivers it), i.e. the accelerator side only; compare
 ``img_per_s`` with what one host's input pipeline delivers (benchmarks/input_pipeline.py) to see
@@ -93,7 +94,7 @@ def parse_model(name: str) -> dict:
     if name in models.MODEL_NAMES:
         m = models.create_model(name)
         if not isinstance(m, models.CifarResNet):
-            return dict(imagenet=True, depth=m.depth, residual=m.residual, shortcut=m.shortcut)
+            return dict(imagenet=True, depth=m.depth, residual=m.residual)  # configs/imagenet.py's shortcut
         return dict(depth=m.depth, residual=m.residual, shortcut=m.shortcut, preact=m.preact,
                     bottleneck=m.bottleneck)
     match = re.fullmatch(r"(plain|resnet|preact_resnet)(\d+)", name)
