@@ -319,8 +319,8 @@ def sweep_run(workdir, jpeg_dir, run, *extra):
 def fig4_sweep(jpeg_dir, tmp_path_factory):
     """plain-18 and resnet-18 of the Fig. 4 sweep, 2 epochs each on the JPEG dataset, through main."""
     root = tmp_path_factory.mktemp("fig4")
-    for run in ("plain-18", "resnet-18"):
-        sweep_run(root / run, jpeg_dir, run, "--config.num_epochs=2")
+    sweep_run(root / "plain-18", jpeg_dir, "plain-18", "--config.num_epochs=2", "--config.diagnostics_every=5")
+    sweep_run(root / "resnet-18", jpeg_dir, "resnet-18", "--config.num_epochs=2")
     return root
 
 
@@ -360,6 +360,35 @@ def test_fig4_and_report_from_the_sweep(fig4_sweep):
     assert (fig4_sweep / "fig4.png").exists() and (fig4_sweep / "fig4.pdf").exists()
     text = report.report(runs)
     assert "10-crop" in text and "not comparable" in text
+    # Diagnostics on streamed data: measured on the first validation images (centre crops).
+    diag = [r for r in read_jsonl(fig4_sweep / "plain-18" / "metrics.jsonl") if "diagnostics/grad_norm" in r]
+    assert [r["step"] for r in diag] == [0, 5, 10]
+    assert len(diag[0]["diagnostics/grad_norm"]) == 18 and len(diag[0]["diagnostics/response_std"]) >= 17
+
+
+def test_ten_crop_scores_are_averaged_softmax():
+    import jax
+    import jax.numpy as jnp
+
+    from resnet_jax import models
+
+    model = models.create_model("cifar", depth=8, num_classes=10)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    state = train.TrainState(step=0, params=variables["params"], batch_stats=variables["batch_stats"],
+                             opt_state=None, rng=None, warmup=None, error_ema=None, sums=None)
+    crops = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 32, 32, 3))
+    labels, mask = jnp.array([0, 1, 2, 3]), jnp.array([1.0, 1.0, 1.0, 0.0])
+    sums = train.batch_eval_sums(state, crops, labels, mask, model=model)
+    probs = jax.nn.softmax(model.apply(variables, crops.reshape(12, 32, 32, 3))).reshape(4, 3, 10).mean(1)
+    expected_error = float(((probs.argmax(-1) != labels) * mask).sum())
+    expected_loss = float((-jnp.log(probs[jnp.arange(4), labels]) * mask).sum())
+    assert float(sums["error"]) == expected_error
+    assert float(sums["loss"]) == pytest.approx(expected_loss, rel=1e-5)
+    same = jnp.repeat(crops[:, :1], 3, axis=1)  # identical crops: the single-crop result
+    single = train.batch_eval_sums(state, crops[:, 0], labels, mask, model=model)
+    repeated = train.batch_eval_sums(state, same, labels, mask, model=model)
+    assert float(repeated["error"]) == float(single["error"])
+    assert float(repeated["loss"]) == pytest.approx(float(single["loss"]), rel=1e-5)
 
 
 def test_report_knows_the_paper_imagenet_numbers():
