@@ -32,7 +32,7 @@ def dataset_stats(builder, split: str, n: int = 200) -> dict:
     """Mean encoded size and pixel size of the first `n` images."""
     import tensorflow as tf
 
-    ds = imagenet_input._records(builder, split, shuffle_seed=None).take(n)
+    ds = imagenet_input.records(builder, split, shuffle_seed=None).take(n)
     sizes, pixels = [], []
     for image, _ in ds.as_numpy_iterator():
         sizes.append(len(image))

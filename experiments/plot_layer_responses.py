@@ -61,6 +61,16 @@ def test_images(dataset: str, data_dir: str | None, val_split: bool, num_images:
     return images[:num_images].astype(np.float32) / 255.0 - mean
 
 
+def streamed_test_images(config, data_dir: str | None, num_images: int) -> np.ndarray:
+    """The first `num_images` validation images of a streamed dataset, centre-cropped, mean subtracted."""
+    from resnet_jax import imagenet_input, input_pipeline
+
+    builder = input_pipeline._tfds().builder(config.dataset, data_dir=data_dir)
+    images, _ = imagenet_input.first_examples(builder, config.test_split, num_images,
+                                              imagenet_input.Geometry.from_config(config))
+    return np.asarray(imagenet_input.normalize(images))
+
+
 def measure_run(workdir: str, step: int | None = None, num_images: int = 1000, chunk: int = 250,
                 data_dir: str | None = None) -> dict:
     """Response stds (per layer) and branch ratios (per block) of one checkpoint of a run."""
@@ -76,8 +86,11 @@ def measure_run(workdir: str, step: int | None = None, num_images: int = 1000, c
     if step not in steps:
         raise ValueError(f"{workdir}: no checkpoint for step {step}; available: {', '.join(map(str, steps))}")
     params, batch_stats, _ = finetune.load_variables(os.path.join(workdir, "checkpoints", str(step)))
-    model = train.make_model(config, input_pipeline.num_classes(config.dataset))
-    images = test_images(config.dataset, data_dir or config.data_dir, bool(config.val_split), num_images)
+    model = train.make_model(config, input_pipeline.num_classes(config.dataset, config.get("num_classes")))
+    if input_pipeline.is_streamed(config.dataset):  # ImageNet-style: centre crops of the first validation images
+        images = streamed_test_images(config, data_dir or config.data_dir, num_images)
+    else:
+        images = test_images(config.dataset, data_dir or config.data_dir, bool(config.val_split), num_images)
     fn = jax.jit(functools.partial(diagnostics.response_moments, model))
     variables = {"params": params, "batch_stats": batch_stats}
     parts = []

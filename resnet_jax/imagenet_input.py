@@ -200,7 +200,7 @@ def epoch_seed(seed: int, epoch: int, process_index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0] >> 1)
 
 
-def _records(builder, split, *, shuffle_seed: int | None):
+def records(builder, split, *, shuffle_seed: int | None):
     """(encoded image, label) records of a split, files in a seeded order (or in order if None)."""
     import tensorflow_datasets as tfds
 
@@ -216,7 +216,7 @@ def train_epoch_dataset(builder, split, *, seed: int, epoch: int, skip_batches: 
     """One host's batches of one epoch, from batch `skip_batches` on: (uint8 [b, S, S, 3], int32 [b])."""
     tf = _tf()
     key = epoch_seed(seed, epoch, process_index)
-    ds = _records(builder, host_split(split, process_index, process_count), shuffle_seed=key)
+    ds = records(builder, host_split(split, process_index, process_count), shuffle_seed=key)
     ds = ds.shuffle(shuffle_buffer, seed=key, reshuffle_each_iteration=False)
     ds = ds.take(steps_per_epoch * host_batch).enumerate().skip(skip_batches * host_batch)
 
@@ -246,7 +246,7 @@ def eval_dataset(builder, split, *, host_batch: int, num_batches: int, num_examp
     """One host's evaluation batches (images, labels, mask), padded with mask 0 to `num_batches`."""
     tf = _tf()
     prepare = ten_crop_images if ten_crop else eval_image
-    ds = _records(builder, host_split(split, process_index, process_count), shuffle_seed=None)
+    ds = records(builder, host_split(split, process_index, process_count), shuffle_seed=None)
     ds = ds.map(lambda image, label: (prepare(image, geometry), tf.cast(label, tf.int32), tf.constant(1.0)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     shape = ((10,) if ten_crop else ()) + (geometry.image_size, geometry.image_size, 3)
@@ -335,13 +335,18 @@ class StreamedData:
 
     def first_test_examples(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The first `size` test examples, centre-cropped, on every host (for diagnostics)."""
-        import tensorflow_datasets as tfds
+        return first_examples(self.builder, self.test_split, size, self.geometry)
 
-        tf = _tf()
-        ds = _records(self.builder, self.test_split, shuffle_seed=None).take(size)
-        ds = ds.map(lambda image, label: (eval_image(image, self.geometry), tf.cast(label, tf.int32)))
-        images, labels = next(iter(tfds.as_numpy(ds.batch(size))))
-        return images, labels
+
+def first_examples(builder, split, size: int, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """The first `size` examples of a split, centre-cropped: (uint8 images, int32 labels)."""
+    import tensorflow_datasets as tfds
+
+    tf = _tf()
+    ds = records(builder, split, shuffle_seed=None).take(size)
+    ds = ds.map(lambda image, label: (eval_image(image, geometry), tf.cast(label, tf.int32)))
+    images, labels = next(iter(tfds.as_numpy(ds.batch(size))))
+    return images, labels
 
 
 def load(config, mesh: jax.sharding.Mesh) -> StreamedData:

@@ -237,22 +237,38 @@ def imagenet_config(**overrides):
     return c
 
 
-def test_imagenet2012_mock_batches_and_training(tmp_path):
-    """imagenet2012 under tfds.testing.mock_data: batch shapes and values, then a few real steps."""
+def test_imagenet2012_mock_batches_and_training():
+    """imagenet2012 under tfds.testing.mock_data: batch shapes and values, then real train steps and
+    an exact evaluation of a small ImageNet net on them.
+
+    (Checkpointing is left to the runs on real JPEG files below: mock_data swaps in a fake file
+    system while `as_dataset` runs, which Orbax's background writes would see.)
+    """
+    import jax
+
     tfds = input_pipeline._tfds()
     config = imagenet_config()
+    mesh = train.make_mesh()
     with tfds.testing.mock_data(num_examples=24):
-        data = input_pipeline.load(config, train.make_mesh())
+        data = input_pipeline.load(config, mesh)
         assert (data.num_classes, data.num_train, data.num_test, data.steps_per_epoch) == (1000, 24, 24, 3)
-        images, labels = next(data.train_batches(0))
+        batches = data.train_batches(0)
+        images, labels = next(batches)
         assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8 and labels.shape == (8,)
         assert len(images.sharding.device_set) == 8
-        assert 0 <= int(labels.min()) and int(labels.max()) < 1000
-        last = train.train_and_evaluate(config, str(tmp_path))
-    assert last["step"] == 3 and 0 <= last["test/error"] <= 1 and "test/top5_error" in last
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["runtime"]["steps_per_epoch"] == 3 and saved["num_train_steps"] == 3
+        assert 0 <= int(labels.min()) and int(labels.max()) < 1000 and int(images.max()) > 128
+
+        model = train.make_model(config, data.num_classes)
+        tx = train.make_optimizer(config)
+        state = jax.jit(lambda: train.init_state(config, model, tx, data.num_classes))()
+        step = train.make_train_step(config, model, tx, mesh)
+        state = step(state, (images, labels))
+        for _ in range(2):
+            state = step(state, next(batches))
+        assert int(state.step) == 3 and np.isfinite(float(state.sums["loss"]))
+        metrics = train.make_evaluator(data, model, mesh)(state)
+    assert set(metrics) == {"test/error", "test/loss", "test/top5_error"}
+    assert 0 <= metrics["test/top5_error"] <= metrics["test/error"] <= 1
 
 
 def test_imagenet2012_missing_says_where_the_tar_files_go(tmp_path):
@@ -430,3 +446,12 @@ def test_two_hosts_stream_their_own_shards_and_evaluate_exactly(jpeg_dir, tmp_pa
 
     out = sweep_run(tmp_path, jpeg_dir, "resnet-18", "--config.num_train_steps=7").stdout
     assert "resuming on 1 hosts, saved on 2" in out and "resuming from step 5" in out
+
+
+def test_fig7_layer_responses_of_a_streamed_run(fig4_sweep, jpeg_dir):
+    from experiments import plot_layer_responses
+
+    result = plot_layer_responses.measure_run(str(fig4_sweep / "resnet-18"), num_images=8, chunk=4, data_dir=jpeg_dir)
+    assert result["num_images"] == 8 and result["step"] == 10 and result["residual"]
+    assert len(result["response_std"]) == len(result["layers"]) >= 17 and all(s > 0 for s in result["response_std"])
+    assert len(result["branch_ratio"]) == 8  # ResNet-18: 8 basic blocks
