@@ -31,7 +31,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from resnet_jax import checkpointing, finetune, input_pipeline, metric_writers, models
 
 # Fields that define what a run computes; resuming with any of them changed is refused.
-FROZEN_FIELDS = ("dataset", "val_split", "seed", "batch_size", "model")
+FROZEN_FIELDS = ("dataset", "val_split", "seed", "batch_size", "model",
+                 "train_split", "image_size", "train_resize", "shuffle_buffer")  # the last four: streamed data
 
 
 class TrainingDiverged(RuntimeError):

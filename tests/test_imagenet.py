@@ -312,6 +312,12 @@ def test_imagenet_configs():
         sweep.get_config("run=resnet-34-B")
 
 
+def test_resume_refuses_a_changed_data_order():
+    saved = {"shuffle_buffer": 10_000, "image_size": 224, "train_resize": [256, 480], "eval_resize": 256}
+    now = {"shuffle_buffer": 5_000, "image_size": 224, "train_resize": (256, 480), "eval_resize": 288}
+    assert train.frozen_config_diff(saved, now) == ["shuffle_buffer"]  # eval_resize may change
+
+
 def test_unknown_dataset_needs_num_classes():
     with pytest.raises(ValueError, match="unknown dataset 'mnist'.*--config.num_classes=N"):
         input_pipeline.num_classes("mnist")
