@@ -36,10 +36,7 @@ def fake_data(mesh, n_train=2048, n_test=1000, eval_batch=500):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n_train).astype(np.int32)
-    train_data = ip.to_device(images, labels, ip.pixel_mean(images), NamedSharding(mesh, P()))
-    batches = ip.eval_batches(images[:n_test], labels[:n_test], eval_batch)
-    test = ip.EvalData(*(ip.put_replicated(a, NamedSharding(mesh, P(None, "data"))) for a in batches))
-    return ip.CifarData(train_data, test, 10, n_train, n_test)
+    return ip.cifar_data(images, labels, images[:n_test], labels[:n_test], 10, eval_batch, mesh)
 
 
 def measure(depth: int, residual: bool, batch_size: int, diag_batch: int, repeats: int) -> dict:

@@ -215,22 +215,32 @@ def _hardware_from_wandb(metadata: dict | None) -> str:
     return "?"
 
 
+def wandb_api(api=None):
+    """`api` if given (tests), else ``wandb.Api()``, which needs network access and an API key."""
+    if api is not None:
+        return api
+    if not _has_wandb_key():
+        raise WandbUnavailable(
+            "reading W&B needs an API key (run `wandb login` or set WANDB_API_KEY) and network access; "
+            "or plot the local run directories instead (each run writes metrics.jsonl)")
+    try:
+        import wandb
+
+        return wandb.Api(timeout=30)
+    except Exception as e:  # noqa: BLE001 - any failure here means: W&B is not usable
+        raise WandbUnavailable(f"cannot use the W&B API: {type(e).__name__}: {e}") from None
+
+
+def output_path(args, name: str) -> str:
+    """--out, else NAME in the first run/sweep directory, else NAME-GROUP for W&B."""
+    if args.out:
+        return args.out
+    return os.path.join(args.paths[0], name) if args.paths and not args.wandb else f"{name}-{args.group or 'wandb'}"
+
+
 def load_wandb_runs(project: str, group: str | None = None, api=None) -> list[Run]:
-    """Runs of W&B ``ENTITY/PROJECT`` (only those of `group` if given), read with the public API.
-
-    `api` is for tests; by default ``wandb.Api()``, which needs network access and an API key.
-    """
-    if api is None:
-        if not _has_wandb_key():
-            raise WandbUnavailable(
-                "reading W&B needs an API key (run `wandb login` or set WANDB_API_KEY) and network access; "
-                "or plot the local run directories instead (each run writes metrics.jsonl)")
-        try:
-            import wandb
-
-            api = wandb.Api(timeout=30)
-        except Exception as e:  # noqa: BLE001 - any failure here means: W&B is not usable
-            raise WandbUnavailable(f"cannot use the W&B API: {type(e).__name__}: {e}") from None
+    """Runs of W&B ``ENTITY/PROJECT`` (only those of `group` if given), read with the public API."""
+    api = wandb_api(api)
     try:
         wandb_runs = list(api.runs(project, filters={"group": group} if group else {}))
     except Exception as e:  # noqa: BLE001

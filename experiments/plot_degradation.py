@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from experiments import Run, WandbUnavailable, add_source_arguments, load_runs  # noqa: E402
+from experiments import Run, WandbUnavailable, add_source_arguments, load_runs, output_path  # noqa: E402
 
 # The paper's colours, roughly: 20 yellow, 32 cyan, 44 green, 56 red, 110 black (1202 added).
 PAPER_COLORS = {20: "#e8b400", 32: "#17becf", 44: "#2ca02c", 56: "#d62728", 110: "#000000", 1202: "#9467bd",
@@ -168,9 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WandbUnavailable, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    name = figure_name(runs)
-    out = args.out or (os.path.join(args.paths[0], name) if args.paths and not args.wandb
-                       else f"{name}-{args.group or 'wandb'}")
+    out = output_path(args, figure_name(runs))
     for path in save(fig, out):
         print(path)
     return 0

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from experiments import (WandbUnavailable, _has_wandb_key, find_run_dirs, load_run_dir,  # noqa: E402
+from experiments import (WandbUnavailable, output_path, wandb_api, find_run_dirs, load_run_dir,  # noqa: E402
                          parse_name, read_jsonl)
 from experiments.plot_degradation import depth_colors, save  # noqa: E402
 
@@ -114,17 +114,7 @@ def load_local(paths: Sequence[str]) -> list[DiagnosticsRun]:
 
 def load_wandb(project: str, group: str | None = None, api=None) -> list[DiagnosticsRun]:
     """Runs of W&B ``ENTITY/PROJECT`` (of `group` if given) with their per-layer diagnostics."""
-    if api is None:
-        if not _has_wandb_key():
-            raise WandbUnavailable(
-                "reading W&B needs an API key (run `wandb login` or set WANDB_API_KEY) and network access; "
-                "or plot the local run directories instead (each run writes metrics.jsonl)")
-        try:
-            import wandb
-
-            api = wandb.Api(timeout=30)
-        except Exception as e:  # noqa: BLE001
-            raise WandbUnavailable(f"cannot use the W&B API: {type(e).__name__}: {e}") from None
+    api = wandb_api(api)
     try:
         wandb_runs = list(api.runs(project, filters={"group": group} if group else {}))
     except Exception as e:  # noqa: BLE001
@@ -232,8 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WandbUnavailable, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = args.out or (os.path.join(args.paths[0], "gradient_flow") if args.paths and not args.wandb
-                       else f"gradient_flow-{args.group or 'wandb'}")
+    out = output_path(args, "gradient_flow")
     for path in save(fig, out):
         print(path)
     return 0

@@ -22,7 +22,6 @@ but different order.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Iterator
 
 import jax
@@ -122,11 +121,12 @@ def _resize(image, size: int):
     return tf.image.resize(image, (size, size), method="bilinear", antialias=True)
 
 
-def resized_crop(encoded, short_side, top, left, size: int):
+def resized_crop(encoded, short_side, top, left, size: int, shape=None):
     """The size x size crop at (top, left) of the image resized to shorter side `short_side`:
-    float32 [size, size, 3]. Only the window it covers is decoded and resized."""
+    float32 [size, size, 3]. Only the window it covers is decoded and resized. `shape`: the
+    image's (height, width) if already read."""
     tf = _tf()
-    height, width = tf.unstack(image_shape(encoded))
+    height, width = tf.unstack(image_shape(encoded) if shape is None else shape)
     crop = decode_window(encoded, source_window(height, width, short_side, top, left, size))
     return _resize(tf.cast(crop, tf.float32), size)
 
@@ -141,7 +141,7 @@ def train_image(encoded, seed, geometry: Geometry):
     size = geometry.image_size
     top = tf.random.stateless_uniform([], s_top, 0, tf.maximum(new_h - size, 0) + 1, tf.int32)
     left = tf.random.stateless_uniform([], s_left, 0, tf.maximum(new_w - size, 0) + 1, tf.int32)
-    image = resized_crop(encoded, short, top, left, size)
+    image = resized_crop(encoded, short, top, left, size, shape=(height, width))
     flip = tf.random.stateless_uniform([], s_flip) < 0.5
     image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
     return _to_uint8(image)
@@ -149,10 +149,11 @@ def train_image(encoded, seed, geometry: Geometry):
 
 def eval_image(encoded, geometry: Geometry):
     """The centre image_size crop of the image resized to shorter side eval_resize: uint8 [S, S, 3]."""
-    height, width = image_shape(encoded)[0], image_shape(encoded)[1]
+    height, width = _tf().unstack(image_shape(encoded))
     new_h, new_w = resized_size(height, width, geometry.eval_resize)
     size = geometry.image_size
-    return _to_uint8(resized_crop(encoded, geometry.eval_resize, (new_h - size) // 2, (new_w - size) // 2, size))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return _to_uint8(resized_crop(encoded, geometry.eval_resize, top, left, size, shape=(height, width)))
 
 
 def ten_crop_images(encoded, geometry: Geometry):

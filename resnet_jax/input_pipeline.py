@@ -249,15 +249,19 @@ class CifarData:
 
 def load_cifar(config, mesh: jax.sharding.Mesh) -> CifarData:
     """Loads train and test splits onto `mesh`: train replicated, test batches sharded over 'data'."""
+
+    train_split, test_split = split_names(config.val_split)
+    train = load_split(config.dataset, train_split, config.data_dir)
+    test = load_split(config.dataset, test_split, config.data_dir)
+    return cifar_data(*train, *test, num_classes(config.dataset), config.eval_batch_size, mesh)
+
+
+def cifar_data(train_images, train_labels, test_images, test_labels, classes: int, eval_batch_size: int,
+               mesh: jax.sharding.Mesh) -> CifarData:
+    """Host arrays onto `mesh`: train replicated (with its pixel mean), test batches sharded over 'data'."""
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    classes = num_classes(config.dataset)
-    train_split, test_split = split_names(config.val_split)
-    train_images, train_labels = load_split(config.dataset, train_split, config.data_dir)
-    test_images, test_labels = load_split(config.dataset, test_split, config.data_dir)
-    mean = pixel_mean(train_images)
-    replicated = NamedSharding(mesh, P())
-    train = to_device(train_images, train_labels, mean, replicated)
-    batches = eval_batches(test_images, test_labels, config.eval_batch_size)
+    train = to_device(train_images, train_labels, pixel_mean(train_images), NamedSharding(mesh, P()))
+    batches = eval_batches(test_images, test_labels, eval_batch_size)
     test = EvalData(*(put_replicated(a, NamedSharding(mesh, P(None, "data"))) for a in batches))
     return CifarData(train, test, classes, len(train_labels), len(test_labels))

@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import signal
-import sys
 import time
 import uuid
 from typing import Any
@@ -233,9 +232,10 @@ def make_evaluator(data, model, mesh: Mesh, top5: bool = False):
         return {k: totals[k] + sums[k] for k in EVAL_SUMS}
 
     add = jax.jit(add_batch, out_shardings=replicated, donate_argnums=0)
+    zeros = jax.jit(lambda: {k: jnp.zeros((), jnp.float32) for k in EVAL_SUMS}, out_shardings=replicated)
 
     def run(state):
-        totals = jax.jit(lambda: {k: jnp.zeros((), jnp.float32) for k in EVAL_SUMS}, out_shardings=replicated)()
+        totals = zeros()
         for images, labels, mask in data.eval_batches():
             totals = add(totals, state, images, labels, mask)
         return eval_metrics(totals, data.num_test, classes)

@@ -1,7 +1,6 @@
 """Diagnostics: layer responses (Fig. 7), gradient flow, residual-branch ratios; their logging and plots."""
 import functools
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -172,10 +171,7 @@ def random_cifar(mesh, n_train=64, n_test=40, eval_batch=16):
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n_train).astype(np.int32)
-    train_data = ip.to_device(imgs, labels, ip.pixel_mean(imgs), NamedSharding(mesh, P()))
-    batches = ip.eval_batches(imgs[:n_test], labels[:n_test], eval_batch)
-    test = ip.EvalData(*(ip.put_replicated(a, NamedSharding(mesh, P(None, "data"))) for a in batches))
-    return ip.CifarData(train_data, test, 10, n_train, n_test)
+    return ip.cifar_data(imgs, labels, imgs[:n_test], labels[:n_test], 10, eval_batch, mesh)
 
 
 def test_diagnostics_never_recompile_nor_change_the_training_step():

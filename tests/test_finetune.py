@@ -1,7 +1,6 @@
 """Using trained nets: evaluate a checkpoint again; fine-tune it on another dataset."""
 import json
 
-import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds

@@ -329,7 +329,7 @@ def test_unknown_dataset_needs_num_classes():
 
 
 COMMON = ("--config.checkpoint_every=3", *TINY_RUN)
-CONFIG = f"configs/imagenet_degradation.py:run={{}}"
+CONFIG = "configs/imagenet_degradation.py:run={}"
 
 
 def sweep_run(workdir, jpeg_dir, run, *extra):
