@@ -4,9 +4,9 @@
     python benchmarks/compile_time.py --model=resnet56,resnet110 --scan=false --json
 
 For each net, two fresh processes run ``benchmarks/throughput.py --steps=0`` (lower and compile
-``train.make_train_step``, no steps) on one new, empty persistent compilation cache: the first
+``step.make_train_step``, no steps) on one new, empty persistent compilation cache: the first
 compiles cold and writes the cache, the second loads it, which is what a resumed or repeated run
-pays. ``init_s`` is the jitted ``train.init_state`` (compiled too, so also cached the second time).
+pays. ``init_s`` is the jitted ``step.init_state`` (compiled too, so also cached the second time).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     python benchmarks/diagnostics_overhead.py --depth=56 --batch_size=128 --diagnostics_batch=128
 
 Builds exactly what ``train.train_and_evaluate`` runs, on random CIFAR-sized data held on the
-devices: ``train.make_train_step`` and ``diagnostics.Diagnostics`` (its own jitted program: an
+devices: ``step.make_train_step`` and ``diagnostics.Diagnostics`` (its own jitted program: an
 eval-mode forward on the fixed test batch + a training-mode forward/backward on the fixed training
 batch). Times, for a plain and a residual net of each depth: the compile of each, then the median
 of ``--repeats`` training steps and of ``--repeats`` diagnostics calls (each timed to the end of
@@ -28,26 +28,28 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from resnet_jax import diagnostics, input_pipeline as ip, train  # noqa: E402
+from resnet_jax import diagnostics, models, optim, sharding, step as step_lib  # noqa: E402
+from resnet_jax.data import cifar  # noqa: E402
 from resnet_jax.config_args import load_config_module  # noqa: E402
 
 
-def fake_data(mesh, n_train=2048, n_test=1000, eval_batch=500):
+def fake_data(mesh, batch_size: int, n_train=2048, n_test=1000, eval_batch=500):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n_train).astype(np.int32)
-    return ip.cifar_data(images, labels, images[:n_test], labels[:n_test], 10, eval_batch, mesh)
+    return cifar.build(images, labels, images[:n_test], labels[:n_test], num_classes=10, batch_size=batch_size,
+                       eval_batch_size=eval_batch, mesh=mesh)
 
 
 def measure(depth: int, residual: bool, batch_size: int, diag_batch: int, repeats: int) -> dict:
     config = load_config_module(pathlib.Path(__file__).resolve().parents[1] / "configs" / "cifar10.py").get_config(
         f"depth={depth},residual={residual}")
     config.batch_size, config.diagnostics_batch, config.diagnostics_every = batch_size, diag_batch, 1
-    mesh = train.make_mesh()
-    data = fake_data(mesh)
-    model, tx = train.make_model(config, 10), train.make_optimizer(config)
-    state = jax.jit(lambda: train.init_state(config, model, tx, 10), out_shardings=NamedSharding(mesh, P()))()
-    step = train.make_train_step(config, model, tx, mesh)
+    mesh = sharding.make_mesh()
+    data = fake_data(mesh, batch_size)
+    model, tx = models.from_config(config.model, 10), optim.make_optimizer(config)
+    state = jax.jit(lambda: step_lib.init_state(config, model, tx, 10), out_shardings=NamedSharding(mesh, P()))()
+    step = step_lib.make_train_step(config, model, tx, mesh, data)
     t = time.perf_counter()
     state = jax.block_until_ready(step(state, data.train))
     step_compile = time.perf_counter() - t

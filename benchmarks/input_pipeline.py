@@ -4,7 +4,7 @@
     python benchmarks/input_pipeline.py --dataset=imagenet2012 --data_dir=DATA_DIR
     python benchmarks/input_pipeline.py --eval --json
 
-Runs the real pipeline of resnet_jax/imagenet_input.py (TFDS records -> decode the crop's window
+Runs the real pipeline of resnet_jax/data/tfds_stream.py (TFDS records -> decode the crop's window
 -> resize -> flip -> batches of uint8; or the centre crop with --eval) on this host, without the
 devices, and reports images/s after a warm-up (the shuffle buffer filled). Compare it with the
 training throughput of the accelerators this host feeds (benchmarks/throughput.py): if the
@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks import jpeg_dataset  # noqa: E402
-from resnet_jax import imagenet_input, input_pipeline  # noqa: E402
+from resnet_jax.data import tfds_prepare  # noqa: E402
+from resnet_jax.data import tfds_stream as imagenet_input  # noqa: E402
 
 
 def dataset_stats(builder, split: str, n: int = 200) -> dict:
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    tfds = input_pipeline._tfds()
+    tfds = tfds_prepare.tfds()
     if args.dataset == jpeg_dataset.NAME:
         jpeg_dataset.build(args.data_dir, args.num_images, max(args.num_images // 4, 1), cifar_dir=args.cifar_dir)
     builder = tfds.builder(args.dataset, data_dir=args.data_dir)

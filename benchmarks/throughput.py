@@ -7,9 +7,9 @@
     python benchmarks/throughput.py --model=resnet20 --eval              # + one full test-set evaluation
     python benchmarks/throughput.py --model=resnet34,plain34 --batch_size=256 --dtype=bfloat16   # ImageNet nets
 
-What is timed is exactly what ``train.train_and_evaluate`` runs: ``train.make_train_step(config,
+What is timed is exactly what ``train.train_and_evaluate`` runs: ``step.make_train_step(config,
 model, tx, mesh)`` (state replicated and donated, batch sharded over every device) on an
-``input_pipeline.DeviceData`` held on the devices (random uint8 images, 50,000 by default, like
+``data.cifar.OnDeviceData`` held on the devices (random uint8 images, 50,000 by default, like
 CIFAR-10's training split), so the batch gather, the augmentation and the SGD update are in the
 step, and nothing crosses from the host per step. Per configuration:
 
@@ -33,7 +33,7 @@ With ``--json`` one JSON object per configuration goes to stdout (the table to s
 only while K such processes all run on the device, to measure runs sharing a GPU.
 
 ImageNet nets (resnet18 ... resnet152, plain18 ... plain152; configs/imagenet.py, so option A
-shortcuts for 18/34 layers as in Fig. 4) run ``train.streamed_train_step`` on
+shortcuts for 18/34 layers as in Fig. 4) run ``step.train_step`` of a streamed dataset on
 one fixed global batch of random uint8 224x224 images already on the devices (sharded over 'data',
 as ``jax.make_array_from_process_local_data`` delivers it), i.e. the accelerator side only; compare
 ``img_per_s`` with what one host's input pipeline delivers (benchmarks/input_pipeline.py) to see
@@ -62,7 +62,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from resnet_jax import input_pipeline, models, train  # noqa: E402
+from resnet_jax import config_checks, data as datasets, models, optim, run_dir, sharding, step as step_lib  # noqa: E402
+from resnet_jax.data import cifar, tfds_stream  # noqa: E402
 from resnet_jax.config_args import load_config_module  # noqa: E402
 
 # Dense peak TFLOP/s by device kind (substring match, first hit): (bfloat16/float16, float32).
@@ -118,12 +119,26 @@ def make_config(name: str, batch_size: int, dtype: str = "float32", scan: bool |
     return config
 
 
-def random_device_data(mesh, num_examples: int, seed: int = 0) -> input_pipeline.DeviceData:
-    """Random uint8 'CIFAR' images and labels, replicated on the devices as the real pipeline holds them."""
+def random_device_data(mesh, num_examples: int, batch_size: int, eval_batch_size: int = 1000,
+                       num_test: int = 10_000, seed: int = 0) -> cifar.OnDeviceData:
+    """Random uint8 'CIFAR' splits held on the devices as the real pipeline holds them."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (num_examples, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, num_examples).astype(np.int32)
-    return input_pipeline.to_device(images, labels, input_pipeline.pixel_mean(images), NamedSharding(mesh, P()))
+    test_images = rng.integers(0, 256, (num_test, 32, 32, 3), dtype=np.uint8)
+    test_labels = rng.integers(0, 10, num_test).astype(np.int32)
+    return cifar.build(images, labels, test_images, test_labels, num_classes=10, batch_size=batch_size,
+                       eval_batch_size=eval_batch_size, mesh=mesh)
+
+
+class SyntheticStream:
+    """The on-device part of a streamed dataset (what the step does to a batch the hosts decoded)."""
+
+    def __init__(self, color_augmentation: bool):
+        self.color_augmentation = color_augmentation
+
+    def train_batch(self, inputs, rng, step):
+        return tfds_stream.device_batch(inputs, rng, step, self.color_augmentation)
 
 
 def random_global_batch(mesh, batch_size: int, image_size: int = 224, seed: int = 0):
@@ -135,20 +150,20 @@ def random_global_batch(mesh, batch_size: int, image_size: int = 224, seed: int 
     return tuple(jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in (images, labels))
 
 
-def make_replicated_step(config, model, tx, mesh, replicas: int):
-    """`replicas` runs of `train.train_step` vmapped in one jitted program (state axis 0; shared data)."""
+def make_replicated_step(config, model, tx, mesh, data, replicas: int):
+    """`replicas` runs of `step_lib.train_step` vmapped in one jitted program (state axis 0; shared data)."""
     replicated = NamedSharding(mesh, P())
-    step = functools.partial(train.train_step, model=model, tx=tx, config=config,
+    step = functools.partial(step_lib.train_step, data=data, model=model, tx=tx, config=config,
                              batch_sharding=NamedSharding(mesh, P("data")))
     return jax.jit(jax.vmap(step, in_axes=(0, None)), in_shardings=(replicated, replicated),
                    out_shardings=replicated, donate_argnums=0)
 
 
-def make_unrolled_step(config, model, tx, mesh, replicas: int):
-    """`replicas` runs of `train.train_step` side by side in one jitted program (a tuple of states):
+def make_unrolled_step(config, model, tx, mesh, data, replicas: int):
+    """`replicas` runs of `step_lib.train_step` side by side in one jitted program (a tuple of states):
     independent subgraphs the backend may run concurrently, with ungrouped convs."""
     replicated = NamedSharding(mesh, P())
-    step = functools.partial(train.train_step, model=model, tx=tx, config=config,
+    step = functools.partial(step_lib.train_step, data=data, model=model, tx=tx, config=config,
                              batch_sharding=NamedSharding(mesh, P("data")))
     return jax.jit(lambda states, data: tuple(step(s, data) for s in states), in_shardings=(replicated, replicated),
                    out_shardings=replicated, donate_argnums=0)
@@ -208,19 +223,25 @@ def peak_tflops(device, dtype: str, given: float | None) -> tuple[float | None, 
 def _setup(name: str, batch_size: int, dtype: str, scan: bool | None, devices: tuple, num_examples: int):
     """Config, model, optimizer, mesh, data on the devices and the jitted init of one net (shared by
     the configurations that differ only in replicas, so init compiles once)."""
-    mesh = train.make_mesh(list(devices))
+    mesh = sharding.make_mesh(list(devices))
     config = make_config(name, batch_size, dtype, scan)
-    train.validate_config(config, mesh.size)
-    classes = 1000 if input_pipeline.is_streamed(config.dataset) else 10
-    model = train.make_model(config, classes)
-    tx = train.make_optimizer(config)
-    if input_pipeline.is_streamed(config.dataset):
-        data = random_global_batch(mesh, batch_size, config.image_size)
+    config_checks.validate_config(config, mesh.size)
+    classes = datasets.num_classes(config.dataset, config.get("num_classes"))
+    model = models.from_config(config.model, classes)
+    tx = optim.make_optimizer(config)
+    if is_streamed(config):
+        data = SyntheticStream(bool(config.get("color_augmentation")))
+        inputs = random_global_batch(mesh, batch_size, config.image_size)
     else:
-        data = random_device_data(mesh, num_examples)
-    init = jax.jit(functools.partial(train.init_state, config, model, tx, classes),
+        data = random_device_data(mesh, num_examples, batch_size, config.eval_batch_size)
+        inputs = data.train
+    init = jax.jit(functools.partial(step_lib.init_state, config, model, tx, classes),
                    out_shardings=NamedSharding(mesh, P()))
-    return config, model, tx, mesh, data, init
+    return config, model, tx, mesh, data, inputs, init
+
+
+def is_streamed(config) -> bool:
+    return datasets.REGISTRY[config.dataset].load is tfds_stream.load
 
 
 def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int = 10, warmup: int = 3,
@@ -228,9 +249,9 @@ def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int 
               scan: bool | None = None, peak: float | None = None, with_eval: bool = False,
               sync: tuple[str, int] | None = None) -> dict:
     devices = list(devices or jax.devices())
-    config, model, tx, mesh, data, init = _setup(name, batch_size, dtype, scan, tuple(devices), num_examples)
+    config, model, tx, mesh, data, inputs, init = _setup(name, batch_size, dtype, scan, tuple(devices), num_examples)
     replicated = NamedSharding(mesh, P())
-    if input_pipeline.is_streamed(config.dataset) and (replicas > 1 or with_eval):
+    if is_streamed(config) and (replicas > 1 or with_eval):
         raise ValueError(f"{name}: --replicas and --eval are for CIFAR nets")
 
     t = time.perf_counter()
@@ -238,18 +259,18 @@ def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int 
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t
     if replicas == 1:
-        step_fn = train.make_train_step(config, model, tx, mesh)
+        step_fn = step_lib.make_train_step(config, model, tx, mesh, data)
     elif pack == "vmap":
-        step_fn = make_replicated_step(config, model, tx, mesh, replicas)
+        step_fn = make_replicated_step(config, model, tx, mesh, data, replicas)
         state = jax.jit(functools.partial(stack_states, replicas=replicas), out_shardings=replicated)(state)
     elif pack == "unroll":
-        step_fn = make_unrolled_step(config, model, tx, mesh, replicas)
+        step_fn = make_unrolled_step(config, model, tx, mesh, data, replicas)
         state = jax.jit(functools.partial(unstack_states, replicas=replicas), out_shardings=replicated)(state)
     else:
         raise ValueError(f"pack must be vmap or unroll, got {pack!r}")
 
     t0 = time.perf_counter()
-    lowered = step_fn.lower(state, data)
+    lowered = step_fn.lower(state, inputs)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -257,18 +278,18 @@ def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int 
     times = []
     if steps > 0:
         for _ in range(warmup):
-            state = compiled(state, data)
+            state = compiled(state, inputs)
         jax.block_until_ready(state)
         if sync:
             _arrive(sync, "ready")
         for _ in range(steps):
             t = time.perf_counter()
-            state = compiled(state, data)
+            state = compiled(state, inputs)
             jax.block_until_ready(state)
             times.append(time.perf_counter() - t)
         if sync:  # keep the device as busy for the others until every process has its timings
             while not _arrive(sync, "done", wait=False):
-                state = compiled(state, data)
+                state = compiled(state, inputs)
                 jax.block_until_ready(state)
         first = state[0] if isinstance(state, tuple) else state
         loss = float(np.asarray(jax.device_get(first.sums["loss"])).ravel()[0])
@@ -288,7 +309,7 @@ def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int 
         "model": name, "batch_size": batch_size, "dtype": dtype, "replicas": replicas,
         "pack": pack if replicas > 1 else None,
         "scan": model.use_scan, "devices": len(devices), "platform": device.platform,
-        "device_kind": device.device_kind, "host": train.host_description(),
+        "device_kind": device.device_kind, "host": run_dir.host_description(),
         "step_s": step_s, "step_s_min": min(times) if times else None, "step_s_max": max(times) if times else None,
         "steps_timed": len(times), "img_per_s": images / step_s if step_s else None,
         "lower_s": t1 - t0, "compile_s": t2 - t1, "init_s": init_s,  # init_s: compile + run (0 compile if shared)
@@ -303,7 +324,7 @@ def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int 
                       frac_of_peak=achieved / (per_device_peak * len(devices)) if per_device_peak else None)
     if with_eval:
         one = state if replicas == 1 else state[0] if pack == "unroll" else jax.tree.map(lambda x: x[0], state)
-        result.update(eval_timing(config, model, one, mesh, step_s))
+        result.update(eval_timing(config, model, one, mesh, data, step_s))
     result["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
@@ -325,22 +346,15 @@ def _arrive(sync: tuple[str, int], what: str, wait: bool = True, timeout: float 
         time.sleep(0.05)
 
 
-def eval_timing(config, model, state, mesh, step_s, num_test: int = 10_000) -> dict:
-    """Seconds for one evaluation of a 10,000-image test split (as in training), and its share of
+def eval_timing(config, model, state, mesh, data, step_s) -> dict:
+    """Seconds for one evaluation of the (10,000-image) test split, as in training, and its share of
     training time at the config's eval_every."""
-    rng = np.random.default_rng(1)
-    images = rng.integers(0, 256, (num_test, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, num_test).astype(np.int32)
-    batches = input_pipeline.eval_batches(images, labels, config.eval_batch_size)
-    test = input_pipeline.EvalData(*(input_pipeline.put_replicated(a, NamedSharding(mesh, P(None, "data")))
-                                     for a in batches))
-    mean = input_pipeline.put_replicated(input_pipeline.pixel_mean(images), NamedSharding(mesh, P()))
-    eval_fn = jax.jit(functools.partial(train.evaluate, model=model), out_shardings=NamedSharding(mesh, P()))
-    jax.block_until_ready(eval_fn(state, test, mean))
+    evaluate = step_lib.make_evaluator(data, model, mesh)
+    evaluate(state)
     times = []
     for _ in range(2):
         t = time.perf_counter()
-        jax.block_until_ready(eval_fn(state, test, mean))
+        evaluate(state)
         times.append(time.perf_counter() - t)
     eval_s = min(times)
     out = {"eval_s": eval_s, "eval_every": config.eval_every}

@@ -53,8 +53,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.batch_size = 128                               # global, over all devices and hosts
     c.num_train_steps = 64_000
     c.learning_rate = 0.1
-    c.lr_boundaries = (32_000, 48_000)
+    c.schedule = "step"                              # step (the paper's) | cosine (resnet_jax/optim.py)
+    c.lr_boundaries = (32_000, 48_000)               # step: lr divided by 1 / lr_decay at these iterations
     c.lr_decay = 0.1
+    c.linear_warmup_steps = 0                        # > 0: a linear ramp to the schedule over these steps
     c.momentum = 0.9
     c.weight_decay = 1e-4
     c.warmup = config_dict.placeholder(bool)         # None: on for depth >= 110, as in the paper

@@ -18,37 +18,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a script: make `experiments` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from matplotlib.lines import Line2D
 
-import matplotlib
+from resnet_jax.plotting import depth_colors, plt, save
+from resnet_jax.results import Run, WandbUnavailable, add_source_arguments, load_runs, output_path
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from experiments import Run, WandbUnavailable, add_source_arguments, load_runs, output_path  # noqa: E402
-
-# The paper's colours, roughly: 20 yellow, 32 cyan, 44 green, 56 red, 110 black (1202 added).
-PAPER_COLORS = {20: "#e8b400", 32: "#17becf", 44: "#2ca02c", 56: "#d62728", 110: "#000000", 1202: "#9467bd",
-                18: "#1f77b4", 34: "#d62728"}  # Fig. 4: 18 layers blue, 34 red
-OTHER_COLORS = ["#1f77b4", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#393b79", "#637939"]
 TRAIN_STYLE = dict(linestyle="--", linewidth=1.0)
 TEST_STYLE = dict(linestyle="-", linewidth=2.2)
 FIG4_TRAIN_STYLE = dict(linestyle="-", linewidth=0.9)  # Fig. 4: thin training, bold validation error
-
-
-def depth_colors(depths: Sequence[int | None]) -> dict:
-    """One colour per depth, the paper's where it has one."""
-    colors, spare = {}, iter(OTHER_COLORS * 4)
-    for d in sorted({d for d in depths if d is not None}):
-        colors[d] = PAPER_COLORS.get(d) or next(spare)
-    colors[None] = "#555555"
-    return colors
 
 
 def panels(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
@@ -125,17 +105,6 @@ def plot(runs: Sequence[Run], title: str | None = None, ylim: float | None = Non
         fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def save(fig, out: str) -> list[str]:
-    """Writes OUT.png and OUT.pdf (an extension on OUT is dropped)."""
-    base, ext = os.path.splitext(out)
-    base = base if ext.lower() in (".png", ".pdf") else out
-    os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
-    paths = [base + ".png", base + ".pdf"]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
-    return paths
 
 
 def default_title(runs: Sequence[Run]) -> str:

@@ -22,26 +22,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import re
 import sys
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a script: make `experiments` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from experiments import (WandbUnavailable, output_path, wandb_api, find_run_dirs, load_run_dir,  # noqa: E402
-                         parse_name, read_jsonl)
-from experiments.plot_degradation import depth_colors, save  # noqa: E402
+from resnet_jax import run_dir
+from resnet_jax.plotting import depth_colors, plt, save
+from resnet_jax.results import WandbUnavailable, find_run_dirs, load_run_dir, net_fields, output_path, wandb_api
 
 PREFIX = "diagnostics/"
 QUANTITIES = ("grad_norm", "grad_to_weight", "weight_norm", "branch_ratio", "response_std")
@@ -101,14 +92,8 @@ def load_local(paths: Sequence[str]) -> list[DiagnosticsRun]:
     runs = []
     for d in find_run_dirs(paths):
         run = load_run_dir(d)
-        layers = None
-        try:
-            with open(os.path.join(d, "diagnostics_layers.json")) as f:
-                layers = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            pass
-        runs.append(DiagnosticsRun(run.name, run.depth, run.residual, records_to_steps(read_jsonl(
-            os.path.join(d, "metrics.jsonl"))), layers, d))
+        runs.append(DiagnosticsRun(run.name, run.depth, run.residual, records_to_steps(run_dir.read_metrics(d)),
+                                   run_dir.read_layer_names(d), d))
     return runs
 
 
@@ -121,10 +106,7 @@ def load_wandb(project: str, group: str | None = None, api=None) -> list[Diagnos
         raise WandbUnavailable(f"cannot list the runs of W&B project {project!r}: {type(e).__name__}: {e}") from None
     runs = []
     for wr in wandb_runs:
-        model = dict(wr.config).get("model") or {}
-        residual, depth, _ = parse_name(wr.name)
-        if "depth" in model:
-            depth, residual = int(model["depth"]), bool(model.get("residual"))
+        depth, residual, _ = net_fields(dict(wr.config), wr.name)
         rows = [r for r in wr.scan_history() if any(str(k).startswith(PREFIX) for k in r)]
         runs.append(DiagnosticsRun(wr.name, depth, residual, records_to_steps(rows), None,
                                    getattr(wr, "url", project)))

@@ -23,74 +23,44 @@ import os
 import sys
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a script: make `experiments` and `resnet_jax` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
+from absl import logging
+from matplotlib.lines import Line2D
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from experiments import find_run_dirs  # noqa: E402
-from experiments.plot_degradation import depth_colors, save  # noqa: E402
+from resnet_jax import data as datasets
+from resnet_jax import diagnostics, evaluate, finetune, models, run_dir, sharding
+from resnet_jax.plotting import depth_colors, plt, save
+from resnet_jax.results import find_run_dirs
 
 PLAIN_STYLE = dict(linestyle="--", linewidth=1.3)
 RESIDUAL_STYLE = dict(linestyle="-", linewidth=1.6)
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-    root = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(root):
-        return []
-    return sorted(int(n) for n in os.listdir(root) if n.isdigit() and os.path.isdir(os.path.join(root, n, "state")))
+def test_images(config, num_images: int) -> np.ndarray:
+    """The first `num_images` test images of the run's dataset, normalised as the run normalised them
+    (runs on the same data share one load)."""
+    key = tuple(str(config.get(k)) for k in ("dataset", "data_dir", "val_split", "test_split", "image_size",
+                                              "eval_resize")) + (num_images,)
+    if key not in _TEST_IMAGES:
+        config.eval_batch_size = -(-config.eval_batch_size // jax.device_count()) * jax.device_count()
+        data = datasets.get(config, sharding.make_mesh())
+        _TEST_IMAGES[key] = np.asarray(jax.jit(data.normalize)(data.fixed_examples(num_images).test_images))
+    return _TEST_IMAGES[key]
 
 
-@functools.lru_cache(maxsize=4)
-def test_images(dataset: str, data_dir: str | None, val_split: bool, num_images: int) -> np.ndarray:
-    """The first `num_images` test images, float32, minus the per-pixel mean of the training split."""
-    from resnet_jax import input_pipeline
-
-    train_split, test_split = input_pipeline.split_names(val_split)
-    train, _ = input_pipeline.load_split(dataset, train_split, data_dir)
-    images, _ = input_pipeline.load_split(dataset, test_split, data_dir)
-    mean = input_pipeline.pixel_mean(train)
-    return images[:num_images].astype(np.float32) / 255.0 - mean
-
-
-def streamed_test_images(config, data_dir: str | None, num_images: int) -> np.ndarray:
-    """The first `num_images` validation images of a streamed dataset, centre-cropped, mean subtracted."""
-    from resnet_jax import imagenet_input, input_pipeline
-
-    builder = input_pipeline._tfds().builder(config.dataset, data_dir=data_dir)
-    images, _ = imagenet_input.first_examples(builder, config.test_split, num_images,
-                                              imagenet_input.Geometry.from_config(config))
-    return np.asarray(imagenet_input.normalize(images))
+_TEST_IMAGES: dict = {}
 
 
 def measure_run(workdir: str, step: int | None = None, num_images: int = 1000, chunk: int = 250,
                 data_dir: str | None = None) -> dict:
     """Response stds (per layer) and branch ratios (per block) of one checkpoint of a run."""
-    import jax
-
-    from resnet_jax import diagnostics, evaluate, finetune, input_pipeline, train
-
     config = evaluate.load_run_config(workdir)
-    steps = checkpoint_steps(workdir)
-    if not steps:
-        raise FileNotFoundError(f"{workdir}: no checkpoint in {os.path.join(workdir, 'checkpoints')}")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise ValueError(f"{workdir}: no checkpoint for step {step}; available: {', '.join(map(str, steps))}")
-    params, batch_stats, _ = finetune.load_variables(os.path.join(workdir, "checkpoints", str(step)))
-    model = train.make_model(config, input_pipeline.num_classes(config.dataset, config.get("num_classes")))
-    if input_pipeline.is_streamed(config.dataset):  # ImageNet-style: centre crops of the first validation images
-        images = streamed_test_images(config, data_dir or config.data_dir, num_images)
-    else:
-        images = test_images(config.dataset, data_dir or config.data_dir, bool(config.val_split), num_images)
+    config.data_dir = data_dir or config.data_dir
+    step = run_dir.pick_checkpoint(workdir, step)
+    params, batch_stats, _ = finetune.load_variables(os.path.join(run_dir.checkpoint_dir(workdir), str(step)))
+    model = models.from_config(config.model, datasets.num_classes(config.dataset, config.get("num_classes")))
+    images = test_images(config, num_images)
     fn = jax.jit(functools.partial(diagnostics.response_moments, model))
     variables = {"params": params, "batch_stats": batch_stats}
     parts = []
@@ -174,15 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output path without extension (default: FIRST_PATH/fig7)")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
-    from absl import logging
-
-    from resnet_jax.input_pipeline import DatasetUnavailableError
-
     logging.set_verbosity(logging.WARNING)
     try:
         results = []
         for workdir in find_run_dirs(args.paths):
-            if not checkpoint_steps(workdir):
+            if not run_dir.checkpoint_steps(workdir):
                 print(f"skipping {workdir}: no checkpoint", file=sys.stderr)
                 continue
             results.append(measure_run(workdir, args.step, args.num_images, data_dir=args.data_dir))
@@ -192,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not results:
             raise FileNotFoundError("no run with a checkpoint among " + ", ".join(args.paths))
         fig = plot(results, args.title if args.title is not None else default_title(results), args.branch)
-    except (FileNotFoundError, ValueError, DatasetUnavailableError) as e:
+    except (FileNotFoundError, ValueError, datasets.DatasetUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or os.path.join(args.paths[0], "fig7")

@@ -16,13 +16,10 @@ import os
 import sys
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as a script: make `experiments` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from experiments import Run, WandbUnavailable, add_source_arguments, load_runs  # noqa: E402
+from resnet_jax.results import Run, WandbUnavailable, add_source_arguments, load_runs
 
 PAPER_ITERATIONS = 64_000
-# (residual, depth) -> (training error %, test error %), as printed; from docs/paper.md.
+# (residual, depth) -> (training error %, test error %), as printed in He et al. (2016): Table 6 and Fig. 6.
 PAPER = {
     # ResNets: test error from Table 6; final training error read off Fig. 6 (middle).
     (True, 20): ("~0.5", "8.75"),

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import re
 import time
@@ -39,13 +38,11 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import input_pipeline
+from resnet_jax import run_dir, sharding, step
 
 PREFIX = "diagnostics/"
-LAYERS_FILE = "diagnostics_layers.json"  # names of the entries of the lists, in network order
 
 # ----------------------------------------------------------------------------- network order
 
@@ -197,15 +194,17 @@ def branch_ratios(model, variables, images) -> jax.Array:
 
 
 def loss_gradients(model, params, batch_stats, images, labels, train: bool = True):
-    """d(mean cross-entropy)/d(params) on one batch; BN in training mode (batch statistics) by default."""
+    """d(mean cross-entropy)/d(params) on one batch; BN in training mode (batch statistics) by default
+    (and dropout, if the net has it, with a fixed key: the same mask at every measurement)."""
 
     def loss_fn(p):
         variables = {"params": p, "batch_stats": batch_stats}
         if train:
-            logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+            logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                                    rngs={"dropout": jax.random.key(0)})
         else:
             logits = model.apply(variables, images, train=False)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return step.cross_entropy(logits, labels).mean()  # the training loss, without weight decay
 
     return jax.grad(loss_fn)(params)
 
@@ -243,23 +242,14 @@ class DiagnosticsBatch:
 
 
 def make_batch(data, size: int, mesh) -> DiagnosticsBatch:
-    """The first `size` training (for gradients) and test (for responses) examples of `data`."""
+    """The dataset's first `size` training (for gradients) and test (for responses) examples, normalised."""
     size = int(min(size, data.num_train, data.num_test))
-    sharding = NamedSharding(mesh, P("data") if size % mesh.size == 0 else P())
-    if input_pipeline.is_streamed_data(data):  # streamed (ImageNet): centre crops of the first test images
-        from resnet_jax import imagenet_input
-
-        images, labels = data.first_test_examples(size)
-        place = lambda a: input_pipeline.put_replicated(a, sharding)
-        normalized = jax.jit(imagenet_input.normalize, out_shardings=sharding)(place(images))
-        return DiagnosticsBatch(normalized, place(labels), normalized)
-
-    def build(train, test, mean):
-        test_images = test.images.reshape((-1,) + test.images.shape[2:])[:size]  # eval batches: padding at the end
-        return DiagnosticsBatch(input_pipeline.normalize(train.images[:size], mean), train.labels[:size],
-                                input_pipeline.normalize(test_images, mean))
-
-    return jax.jit(build, out_shardings=sharding)(data.train, data.test, data.train.mean)
+    sharding_ = NamedSharding(mesh, P("data") if size % mesh.size == 0 else P())
+    examples = data.fixed_examples(size)
+    place = lambda a: sharding.put_replicated(np.asarray(a), sharding_)
+    normalize = jax.jit(data.normalize, out_shardings=sharding_)
+    return DiagnosticsBatch(normalize(place(examples.train_images)), place(examples.train_labels),
+                            normalize(place(examples.test_images)))
 
 
 def diagnostics(state, batch: DiagnosticsBatch, *, model, train: bool = True) -> dict:
@@ -319,10 +309,7 @@ class Diagnostics:
         self.calls = 0
         self.seconds: list[float] = []
         if workdir and is_main:
-            path = os.path.join(workdir, LAYERS_FILE)
-            with open(path + ".tmp", "w") as f:
-                json.dump(self.names, f)
-            os.replace(path + ".tmp", path)
+            run_dir.atomic_write_json(os.path.join(workdir, run_dir.LAYERS_FILE), self.names, indent=None)
 
     def due(self, step: int) -> bool:
         if self.every <= 0:
@@ -339,16 +326,3 @@ class Diagnostics:
             print(f"{self.name}: diagnostics (compilation included) took {self.seconds[-1]:.1f}s", flush=True)
         self.calls += 1
         return record(values, self.names)
-
-
-def read_layer_names(workdir: str) -> dict | None:
-    try:
-        with open(os.path.join(workdir, LAYERS_FILE)) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def from_record(record: dict) -> dict[str, list[float]]:
-    """The per-layer lists of one metrics.jsonl record: {'grad_norm': [...], ...}."""
-    return {k[len(PREFIX):]: v for k, v in record.items() if k.startswith(PREFIX) and isinstance(v, list)}

@@ -16,17 +16,18 @@ import optax
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from resnet_jax import run_dir, sharding
+
 HEAD = "fc"
 
 
 def resolve_checkpoint(path: str) -> tuple[str, int]:
     """(checkpoint step folder, step) from a workdir, its checkpoints/ folder, or one step folder."""
     path = os.path.abspath(path)
-    for root in (os.path.join(path, "checkpoints"), path):
-        if os.path.isdir(root):
-            steps = [int(n) for n in os.listdir(root) if n.isdigit() and os.path.isdir(os.path.join(root, n, "state"))]
-            if steps:
-                return os.path.join(root, str(max(steps))), max(steps)
+    workdir = os.path.dirname(path) if os.path.basename(path) == run_dir.CHECKPOINTS else path
+    steps = run_dir.checkpoint_steps(workdir)
+    if steps:
+        return os.path.join(run_dir.checkpoint_dir(workdir), str(steps[-1])), steps[-1]
     if os.path.isdir(os.path.join(path, "state")) and os.path.basename(path).isdigit():
         return path, int(os.path.basename(path))
     raise FileNotFoundError(f"init_from={path!r}: no checkpoint there; give a run's workdir or WORKDIR/checkpoints/STEP")
@@ -82,3 +83,14 @@ def param_labels(params: Any) -> Any:
 def split_optimizer(head: optax.GradientTransformation, backbone: optax.GradientTransformation | None):
     """The head's optimizer, and the backbone's (None: frozen, its parameters never change)."""
     return optax.multi_transform({"head": head, "backbone": backbone or optax.set_to_zero()}, param_labels)
+
+
+def start_from_pretrained(state, path: str, sharding_) -> tuple[Any, dict]:
+    """`state` with the backbone (and the head, where it fits) of the checkpoint at `path`, and a
+    report for config.json: where it came from and which leaves were re-initialised."""
+    params, stats, step = load_variables(path)
+    params, fresh = merge_pretrained(jax.device_get(state.params), params, "parameters")
+    stats, _ = merge_pretrained(jax.device_get(state.batch_stats), stats, "batch statistics")
+    place = lambda tree: jax.tree.map(lambda a: sharding.put_replicated(np.asarray(a), sharding_), tree)
+    report = {"path": os.path.abspath(path), "step": step, "reinitialized": fresh}
+    return state.replace(params=place(params), batch_stats=place(stats)), report

@@ -61,14 +61,14 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (fields are set with --config.FIELD=VALUE)")
     from absl import logging
 
-    from resnet_jax import input_pipeline, train
+    from resnet_jax import data, train
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     _initialize_distributed()
     _enable_compilation_cache(FLAGS.compilation_cache)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, input_pipeline.DatasetUnavailableError, train.TrainingDiverged) as e:
+    except (ValueError, data.DatasetUnavailableError, train.TrainingDiverged) as e:
         sys.exit(f"error: {e}")
 
 

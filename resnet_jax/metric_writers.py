@@ -11,34 +11,18 @@ import os
 import warnings
 from typing import Any, Mapping
 
-METRICS_FILE = "metrics.jsonl"
+import numpy as np
 
-
-def read_metrics(path: str) -> list[dict]:
-    """All records of a metrics.jsonl; a torn last line (killed mid-write) is ignored."""
-    records = []
-    if not os.path.exists(path):
-        return records
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+from resnet_jax import run_dir
 
 
 class JsonlWriter:
     """Appends records to workdir/metrics.jsonl, first dropping what a resumed run will re-log."""
 
     def __init__(self, workdir: str, resume_step: int):
-        self.path = os.path.join(workdir, METRICS_FILE)
-        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)  # atomic: a kill here leaves the old or the new file, never half
-        self.file = open(self.path, "a")
+        kept = [r for r in run_dir.read_metrics(workdir) if r.get("step", 0) <= resume_step]
+        run_dir.write_metrics(workdir, kept)  # atomic: a kill here leaves the old or the new file
+        self.file = open(os.path.join(workdir, run_dir.METRICS_FILE), "a")
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
@@ -59,6 +43,17 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def has_wandb_api_key() -> bool:
+    """Whether W&B has credentials here ($WANDB_API_KEY, or `wandb login` in ~/.netrc)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        with open(os.path.expanduser("~/.netrc")) as f:
+            return "api.wandb.ai" in f.read()
+    except OSError:
+        return False
+
+
 def wandb_mode(configured: str | None) -> str:
     """online | offline | disabled: the config, else $WANDB_MODE, else online only with an API key."""
     mode = configured or os.environ.get("WANDB_MODE")
@@ -66,12 +61,7 @@ def wandb_mode(configured: str | None) -> str:
         if mode not in ("online", "offline", "disabled", "dryrun"):
             raise ValueError(f"wandb mode {mode!r}: use online, offline or disabled")
         return "offline" if mode == "dryrun" else mode
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = os.path.expanduser("~/.netrc")
-    if os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read():
-        return "online"
-    return "offline"
+    return "online" if has_wandb_api_key() else "offline"
 
 
 def wandb_tags(config) -> list[str]:
@@ -93,8 +83,7 @@ def wandb_metrics(metrics: Mapping[str, Any]) -> dict:
         out.update({f"{key}/{i:04d}": v for i, v in enumerate(values)})
         finite = [v for v in values if math.isfinite(v)]
         if finite:
-            import numpy as np
-            import wandb
+            import wandb  # only here and in WandbWriter: W&B is optional and slow to import
 
             out[f"{key}_hist"] = wandb.Histogram(np_histogram=np.histogram(finite, bins=min(64, len(finite))))
     return out
@@ -109,7 +98,7 @@ class WandbWriter:
         if mode == "disabled":
             return
         try:
-            import wandb
+            import wandb  # see wandb_metrics
 
             self.run = wandb.init(
                 project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,

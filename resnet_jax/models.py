@@ -582,6 +582,13 @@ def create_model(name: str, *, num_classes: int | None = None, **overrides) -> n
     return cls(**cfg)
 
 
+def from_config(model_config, num_classes: int) -> nn.Module:
+    """The model of a run's ``config.model`` (bn_group_size 0 = statistics over the whole batch)."""
+    fields = {k: v for k, v in dict(model_config).items() if k != "family"}
+    fields["bn_group_size"] = fields.get("bn_group_size") or None
+    return create_model(model_config["family"], num_classes=num_classes, **fields)
+
+
 # --------------------------------------------------------------------------
 # Counting
 # --------------------------------------------------------------------------

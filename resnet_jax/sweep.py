@@ -28,11 +28,8 @@ import shlex
 import sys
 from typing import Sequence
 
+from resnet_jax import run_dir
 from resnet_jax.config_args import load_config_module
-
-CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
-CONFIG_JSON = "config.json"
 
 
 class LaunchError(ValueError):
@@ -144,36 +141,10 @@ def resolve_config(config_spec: str, overrides: Sequence[str] = ()):
 # ----------------------------------------------------------------------------- run state
 
 
-def checkpoint_steps(run_dir: str) -> list[int]:
-    """Steps of the complete checkpoints in RUN_DIR/checkpoints (Orbax names them by step; a save
-    in progress lives in a temporary folder with a non-numeric name until it is committed)."""
-    directory = os.path.join(run_dir, CHECKPOINTS)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(n) for n in os.listdir(directory)
-                  if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
-
-
-def last_metrics_step(run_dir: str) -> int | None:
-    """The step of the last complete record of RUN_DIR/metrics.jsonl (a torn last line is ignored)."""
-    path = os.path.join(run_dir, METRICS)
-    last = None
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        for line in f:
-            try:
-                last = int(json.loads(line)["step"])
-            except (ValueError, KeyError, TypeError):
-                continue
-    return last
-
-
-def saved_num_train_steps(run_dir: str) -> int | None:
+def saved_num_train_steps(workdir: str) -> int | None:
     try:
-        with open(os.path.join(run_dir, CONFIG_JSON)) as f:
-            return int(json.load(f)["num_train_steps"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int((run_dir.read_config(workdir) or {})["num_train_steps"])
+    except (run_dir.RunDirError, KeyError, TypeError, ValueError):
         return None
 
 
@@ -191,15 +162,15 @@ class RunStatus:
                 "restart": f"restart from scratch (resume=false; {self.done}/{total} steps there)"}[self.state]
 
 
-def run_status(run_dir: str, num_train_steps: int | None = None, resume: bool = True) -> RunStatus:
+def run_status(workdir: str, num_train_steps: int | None = None, resume: bool = True) -> RunStatus:
     """Where a run stands. `num_train_steps` is the length it will be launched with (default: the
-    one saved in RUN_DIR/config.json)."""
-    total = num_train_steps if num_train_steps is not None else saved_num_train_steps(run_dir)
-    steps = checkpoint_steps(run_dir)
+    one saved in WORKDIR/config.json)."""
+    total = num_train_steps if num_train_steps is not None else saved_num_train_steps(workdir)
+    steps = run_dir.checkpoint_steps(workdir)
     if not steps:
         # No checkpoint (never saved, or deleted to save space): finished if its metrics say so;
         # otherwise the run starts over, since there is nothing to resume from.
-        logged = last_metrics_step(run_dir) or 0
+        logged = run_dir.last_metrics_step(workdir) or 0
         if resume and logged and total is not None and logged >= total:
             return RunStatus("finished", logged, total)
         return RunStatus("new", 0, total)
@@ -326,9 +297,9 @@ def make_plan(spec: str, workdir: str | None = None, overrides: Sequence[str] = 
     workdir = workdir or default_workdir(name)
     planned = []
     for run, config in zip(runs, configs):
-        run_dir = os.path.join(workdir, run.name) if run.subdir else workdir
-        status = run_status(run_dir, int(config.num_train_steps), bool(config.get("resume", True)))
-        planned.append(PlannedRun(run.name or config.get("name") or stem, run.config, run_dir, status))
+        directory = os.path.join(workdir, run.name) if run.subdir else workdir
+        status = run_status(directory, int(config.num_train_steps), bool(config.get("resume", True)))
+        planned.append(PlannedRun(run.name or config.get("name") or stem, run.config, directory, status))
     launch = [r for r in planned if r.status.state != "finished"]
     slots = assign_slots(len(launch), gpus, parallel, data_parallel, runs_per_gpu)
     for run, (slot, group) in zip(launch, slots):

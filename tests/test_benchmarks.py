@@ -11,7 +11,7 @@ import jax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import train
+from resnet_jax import models, optim, sharding, step as step_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -119,19 +119,19 @@ def test_train_step_compiles_once():
 
     config = throughput.make_config("resnet8", 16)
     config.log_every = 2
-    mesh = train.make_mesh(jax.devices()[:2])
-    model, tx = train.make_model(config, 10), train.make_optimizer(config)
-    state = jax.jit(functools.partial(train.init_state, config, model, tx, 10),
+    mesh = sharding.make_mesh(jax.devices()[:2])
+    model, tx = models.from_config(config.model, 10), optim.make_optimizer(config)
+    state = jax.jit(functools.partial(step_lib.init_state, config, model, tx, 10),
                     out_shardings=NamedSharding(mesh, P()))()
-    data = throughput.random_device_data(mesh, 64)
-    step_fn = train.make_train_step(config, model, tx, mesh)
+    data = throughput.random_device_data(mesh, 64, 16, eval_batch_size=16, num_test=16)
+    step_fn = step_lib.make_train_step(config, model, tx, mesh, data)
     log = _CompileLog()
     logger = logging.getLogger("jax._src.interpreters.pxla")
     logger.addHandler(log)
     try:
         with jax.log_compiles():
             for _ in range(4):  # crosses a log boundary (the metric sums restart)
-                state = step_fn(state, data)
+                state = step_fn(state, data.train)
             jax.block_until_ready(state)
     finally:
         logger.removeHandler(log)

@@ -13,8 +13,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from helpers import REPO, env_with_devices, read_jsonl, run_main, TINY
 from resnet_jax import diagnostics as D
-from resnet_jax import input_pipeline as ip
-from resnet_jax import metric_writers, models, train
+from resnet_jax import metric_writers, models, optim, run_dir, sharding, step
+from resnet_jax.data import cifar as ip
 from resnet_jax.config_args import load_config_module
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -171,16 +171,17 @@ def random_cifar(mesh, n_train=64, n_test=40, eval_batch=16):
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n_train).astype(np.int32)
-    return ip.cifar_data(imgs, labels, imgs[:n_test], labels[:n_test], 10, eval_batch, mesh)
+    return ip.build(imgs, labels, imgs[:n_test], labels[:n_test], num_classes=10, batch_size=16,
+                    eval_batch_size=eval_batch, mesh=mesh)
 
 
 def test_diagnostics_never_recompile_nor_change_the_training_step():
     config = small_config(diagnostics_every=1)
-    mesh = train.make_mesh()
-    model, tx = train.make_model(config, 10), train.make_optimizer(config)
+    mesh = sharding.make_mesh()
+    model, tx = models.from_config(config.model, 10), optim.make_optimizer(config)
     data = random_cifar(mesh)
-    init = jax.jit(lambda: train.init_state(config, model, tx, 10), out_shardings=NamedSharding(mesh, P()))
-    step_fn = train.make_train_step(config, model, tx, mesh)
+    init = jax.jit(lambda: step.init_state(config, model, tx, 10), out_shardings=NamedSharding(mesh, P()))
+    step_fn = step.make_train_step(config, model, tx, mesh, data)
     diag = D.Diagnostics(config, model, mesh, data)
     assert diag.batch.train_images.shape == (16, 32, 32, 3) and diag.batch.test_images.shape == (16, 32, 32, 3)
     state, records = init(), [diag(init())]
@@ -199,16 +200,17 @@ def test_diagnostics_never_recompile_nor_change_the_training_step():
     assert len(r["diagnostics/branch_ratio"]) == 3 and r["diagnostics/branch_ratio_max"] > 0
     np.testing.assert_allclose(r["diagnostics/grad_to_weight"],
                                np.array(r["diagnostics/grad_norm"]) / np.array(r["diagnostics/weight_norm"]), rtol=1e-5)
-    first_images = ip.normalize(jax.device_get(data.test.images).reshape(-1, 32, 32, 3)[:16], data.train.mean)
+    test_images = np.concatenate([np.asarray(images) for images, _, _ in data.test_batches])
+    first_images = ip.normalize(test_images[:16], data.mean)
     np.testing.assert_allclose(diag.batch.test_images, first_images, atol=1e-6)
     assert records[0] != records[1]  # the weights changed, and so did the diagnostics
     assert [diag.due(s) for s in (0, 1, 2)] == [True, True, True]
 
 
 def test_due_steps():
-    mesh = train.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh(jax.devices()[:1])
     data = random_cifar(mesh)
-    model = train.make_model(small_config(), 10)
+    model = models.from_config(small_config().model, 10)
     due = lambda every, steps: [s for s in range(steps + 1) if D.Diagnostics(
         small_config(diagnostics_every=every, num_train_steps=steps), model, mesh, data).due(s)]
     assert due(4, 10) == [0, 4, 8, 10]      # step 0, every 4, and the last step
@@ -261,7 +263,7 @@ def test_training_logs_diagnostics_and_compiles_each_program_once(tiny_sweep):
         assert [r["step"] for r in diag] == [0, 5, 10]
         assert set(diag[0]) == {"step"} | {k for k in diag[0] if k.startswith("diagnostics/")}
         assert "train/loss" in diag[1] and "test/error" in diag[2]  # merged into the step's record
-        names = json.loads((sweep / name / D.LAYERS_FILE).read_text())
+        names = json.loads((sweep / name / run_dir.LAYERS_FILE).read_text())
         for r in diag:
             assert len(r["diagnostics/grad_norm"]) == len(names["grad"]) == 8
             assert len(r["diagnostics/response_std"]) == len(names["response"]) == 7

@@ -17,7 +17,7 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 
-from experiments import Run, load_local_runs, load_wandb_runs  # noqa: E402
+from resnet_jax.results import Run, load_local_runs, load_wandb_runs  # noqa: E402
 from experiments import plot_degradation, report  # noqa: E402
 
 RUNS = ["plain-8", "resnet-8", "resnet-14"]

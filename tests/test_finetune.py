@@ -47,22 +47,22 @@ def finetune_config(source, tmp_path, **fields):
 @pytest.fixture(scope="module")
 def mock_cifar100():
     """CIFAR-100-format splits from tfds.testing.mock_data, loaded by our real loader (no network here)."""
-    from resnet_jax import input_pipeline
+    from resnet_jax.data import cifar
 
     with tfds.testing.mock_data(num_examples=64):
-        return {split: input_pipeline.load_split("cifar100", split, None) for split in ("train", "test")}
+        return {split: cifar.load_split("cifar100", split, None) for split in ("train", "test")}
 
 
 @pytest.fixture
 def cifar100_shaped(monkeypatch, mock_cifar100):
     """Training reads the mock splits; nothing else is mocked (tfds's mock also redirects file paths)."""
-    from resnet_jax import input_pipeline
+    from resnet_jax.data import cifar
 
     def load(dataset, split, data_dir):
         assert dataset == "cifar100"
         return mock_cifar100[split]
 
-    monkeypatch.setattr(input_pipeline, "load_split", load)
+    monkeypatch.setattr(cifar, "load_split", load)
 
 
 def restored_params(workdir):

@@ -14,8 +14,10 @@ import pytest
 from helpers import REPO, read_jsonl, run_main, without_timing
 
 from benchmarks import jpeg_dataset
-from resnet_jax import imagenet_input as ii
-from resnet_jax import input_pipeline, train
+from resnet_jax import data as datasets
+from resnet_jax import optim, run_dir, sharding, step as steps
+from resnet_jax.data import cifar, tfds_prepare
+from resnet_jax.data import tfds_stream as ii
 from resnet_jax.config_args import load_config_module
 
 SMALL = ii.Geometry(image_size=32, min_resize=40, max_resize=64, eval_resize=40)
@@ -27,7 +29,7 @@ TINY_RUN = ("--config.batch_size=8", "--config.eval_batch_size=8", "--config.ima
 
 @pytest.fixture(scope="module")
 def tf():
-    input_pipeline._tfds()
+    tfds_prepare.tfds()
     import tensorflow as tf
 
     return tf
@@ -41,7 +43,7 @@ def jpeg_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def builder(jpeg_dir):
-    tfds = input_pipeline._tfds()
+    tfds = tfds_prepare.tfds()
     return tfds.builder(jpeg_dataset.NAME, data_dir=jpeg_dir)
 
 
@@ -246,35 +248,37 @@ def test_imagenet2012_mock_batches_and_training():
     """
     import jax
 
-    tfds = input_pipeline._tfds()
+    tfds = tfds_prepare.tfds()
     config = imagenet_config()
-    mesh = train.make_mesh()
+    mesh = sharding.make_mesh()
     with tfds.testing.mock_data(num_examples=24):
-        data = input_pipeline.load(config, mesh)
+        data = datasets.get(config, mesh)
         assert (data.num_classes, data.num_train, data.num_test, data.steps_per_epoch) == (1000, 24, 24, 3)
-        batches = data.train_batches(0)
+        batches = data.train_inputs(0)
         images, labels = next(batches)
         assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8 and labels.shape == (8,)
         assert len(images.sharding.device_set) == 8
         assert 0 <= int(labels.min()) and int(labels.max()) < 1000 and int(images.max()) > 128
 
-        model = train.make_model(config, data.num_classes)
-        tx = train.make_optimizer(config)
-        state = jax.jit(lambda: train.init_state(config, model, tx, data.num_classes))()
-        step = train.make_train_step(config, model, tx, mesh)
+        from resnet_jax import models
+
+        model = models.from_config(config.model, data.num_classes)
+        tx = optim.make_optimizer(config)
+        state = jax.jit(lambda: steps.init_state(config, model, tx, data.num_classes))()
+        step = steps.make_train_step(config, model, tx, mesh, data)
         state = step(state, (images, labels))
         for _ in range(2):
             state = step(state, next(batches))
         assert int(state.step) == 3 and np.isfinite(float(state.sums["loss"]))
-        metrics = train.make_evaluator(data, model, mesh)(state)
+        metrics = steps.make_evaluator(data, model, mesh)(state)
     assert set(metrics) == {"test/error", "test/loss", "test/top5_error"}
     assert 0 <= metrics["test/top5_error"] <= metrics["test/error"] <= 1
 
 
 def test_imagenet2012_missing_says_where_the_tar_files_go(tmp_path):
     config = imagenet_config(data_dir=str(tmp_path))
-    with pytest.raises(input_pipeline.DatasetUnavailableError) as e:
-        input_pipeline.load(config, train.make_mesh())
+    with pytest.raises(datasets.DatasetUnavailableError) as e:
+        datasets.get(config, sharding.make_mesh())
     message = str(e.value)
     assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in message
     assert os.path.join(str(tmp_path), "downloads", "manual") in message and "--config.manual_dir" in message
@@ -290,7 +294,7 @@ def test_imagenet_configs():
     assert (c.name, c.model.family, c.model.shortcut, c.batch_size, c.model.dtype) == \
         ("plain-34", "imagenet", "A", 256, "bfloat16")
     assert c.steps_per_epoch == 5004 and c.num_train_steps == 90 * 5004
-    assert train.lr_boundaries(c) == (30 * 5004, 60 * 5004)
+    assert optim.lr_boundaries(c) == (30 * 5004, 60 * 5004)
     c.batch_size = 512  # the schedule stays in epochs
     assert c.steps_per_epoch == 2502 and c.num_train_steps == 90 * 2502 and c.eval_every == 2502
     c.eval_every = 1000  # overriding one derived field leaves the others alone
@@ -315,14 +319,14 @@ def test_imagenet_configs():
 def test_resume_refuses_a_changed_data_order():
     saved = {"shuffle_buffer": 10_000, "image_size": 224, "train_resize": [256, 480], "eval_resize": 256}
     now = {"shuffle_buffer": 5_000, "image_size": 224, "train_resize": (256, 480), "eval_resize": 288}
-    assert train.frozen_config_diff(saved, now) == ["shuffle_buffer"]  # eval_resize may change
+    assert run_dir.frozen_config_diff(saved, now) == ["shuffle_buffer"]  # eval_resize may change
 
 
 def test_unknown_dataset_needs_num_classes():
     with pytest.raises(ValueError, match="unknown dataset 'mnist'.*--config.num_classes=N"):
-        input_pipeline.num_classes("mnist")
-    assert input_pipeline.num_classes("mnist", 10) == 10
-    assert input_pipeline.is_streamed("imagenet2012") and not input_pipeline.is_streamed("cifar10")
+        datasets.num_classes("mnist")
+    assert datasets.num_classes("mnist", 10) == 10
+    assert datasets.REGISTRY["imagenet2012"].load is ii.load and datasets.REGISTRY["cifar10"].load is cifar.load
 
 
 # ----------------------------------------------------------------------------- through main, resumed
@@ -368,7 +372,8 @@ def test_fig4_and_report_from_the_sweep(fig4_sweep):
     import matplotlib
 
     matplotlib.use("Agg")
-    from experiments import load_local_runs, plot_degradation, report
+    from experiments import plot_degradation, report
+    from resnet_jax.results import load_local_runs
 
     runs = load_local_runs([str(fig4_sweep)])
     assert [r.name for r in runs] == ["plain-18", "resnet-18"] and all(r.is_imagenet for r in runs)
@@ -396,25 +401,26 @@ def test_ten_crop_scores_are_averaged_softmax():
 
     model = models.create_model("cifar", depth=8, num_classes=10)
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-    state = train.TrainState(step=0, params=variables["params"], batch_stats=variables["batch_stats"],
+    state = steps.TrainState(step=0, params=variables["params"], batch_stats=variables["batch_stats"],
                              opt_state=None, rng=None, warmup=None, error_ema=None, sums=None)
     crops = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 32, 32, 3))
     labels, mask = jnp.array([0, 1, 2, 3]), jnp.array([1.0, 1.0, 1.0, 0.0])
-    sums = train.batch_eval_sums(state, crops, labels, mask, model=model)
+    sums = steps.batch_eval_sums(state, crops, labels, mask, model=model)
     probs = jax.nn.softmax(model.apply(variables, crops.reshape(12, 32, 32, 3))).reshape(4, 3, 10).mean(1)
     expected_error = float(((probs.argmax(-1) != labels) * mask).sum())
     expected_loss = float((-jnp.log(probs[jnp.arange(4), labels]) * mask).sum())
     assert float(sums["error"]) == expected_error
     assert float(sums["loss"]) == pytest.approx(expected_loss, rel=1e-5)
     same = jnp.repeat(crops[:, :1], 3, axis=1)  # identical crops: the single-crop result
-    single = train.batch_eval_sums(state, crops[:, 0], labels, mask, model=model)
-    repeated = train.batch_eval_sums(state, same, labels, mask, model=model)
+    single = steps.batch_eval_sums(state, crops[:, 0], labels, mask, model=model)
+    repeated = steps.batch_eval_sums(state, same, labels, mask, model=model)
     assert float(repeated["error"]) == float(single["error"])
     assert float(repeated["loss"]) == pytest.approx(float(single["loss"]), rel=1e-5)
 
 
 def test_report_knows_the_paper_imagenet_numbers():
-    from experiments import Run, report
+    from experiments import report
+    from resnet_jax.results import Run
 
     run = Run(name="resnet-34-B", depth=34, residual=True,
               config={"dataset": "imagenet2012", "model": {"shortcut": "B"}, "steps_per_epoch": 5004})

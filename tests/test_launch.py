@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from resnet_jax import sweep
+from resnet_jax import run_dir, sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = str(REPO / "launch.sh")
@@ -87,14 +87,14 @@ def flag(argv, name):
     return values[0]
 
 
-def fake_run(run_dir, num_train_steps=500, checkpoints=(), metrics_steps=()):
+def fake_run(directory, num_train_steps=500, checkpoints=(), metrics_steps=()):
     """A run directory as resnet_jax.main leaves it, without training."""
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({"num_train_steps": num_train_steps, "name": os.path.basename(run_dir)}, f)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump({"num_train_steps": num_train_steps, "name": os.path.basename(directory)}, f)
     for step in checkpoints:
-        os.makedirs(os.path.join(run_dir, "checkpoints", str(step), "state"))
-    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        os.makedirs(os.path.join(directory, "checkpoints", str(step), "state"))
+    with open(os.path.join(directory, "metrics.jsonl"), "w") as f:
         for step in metrics_steps:
             f.write(json.dumps({"step": step, "train/error": 0.5}) + "\n")
 
@@ -401,14 +401,14 @@ def test_run_status(tmp_path):
     fake_run(run, num_train_steps=10, checkpoints=(4,), metrics_steps=(2, 4, 6))
     assert sweep.run_status(run) == sweep.RunStatus("partial", 4, 10)  # checkpoints count, not metrics
     os.makedirs(os.path.join(run, "checkpoints", "10.orbax-checkpoint-tmp-1"))
-    assert sweep.checkpoint_steps(run) == [4]
+    assert run_dir.checkpoint_steps(run) == [4]
     os.makedirs(os.path.join(run, "checkpoints", "10"))
     assert sweep.run_status(run) == sweep.RunStatus("finished", 10, 10)
     assert sweep.run_status(run, 20).state == "partial"  # launched longer this time
     assert sweep.run_status(run, 10, resume=False).state == "restart"
     with open(os.path.join(run, "metrics.jsonl"), "a") as f:
         f.write('{"step": 12, "train/err')  # torn last line
-    assert sweep.last_metrics_step(run) == 6
+    assert run_dir.last_metrics_step(run) == 6
 
 
 def test_assign_slots():
@@ -448,8 +448,8 @@ def test_list_runs_and_gpus_per_node():
 # ----------------------------------------------------------------------------- real runs
 
 
-def _metrics(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+def _metrics(directory):
+    with open(os.path.join(directory, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
 
 
@@ -476,7 +476,7 @@ def test_relaunch_skips_finished_and_resumes_unfinished(tmp_path, tfds_data_dir)
     after = _metrics(workdir / "resnet-8")
     assert [r["step"] for r in after] == [4, 8]  # no duplicated records
     assert after[1]["train/loss"] == pytest.approx(before[1]["train/loss"], rel=1e-5)  # exact resume
-    assert sweep.checkpoint_steps(str(workdir / "resnet-8"))[-1] == 8
+    assert run_dir.checkpoint_steps(str(workdir / "resnet-8"))[-1] == 8
 
     last = launch(*args)
     assert "nothing to do" in last.stdout and "first step" not in last.stdout

@@ -62,6 +62,10 @@ def test_sigterm_saves_and_resume_is_bit_identical(uninterrupted, data_flag, tmp
     resumed = run_main(tmp_path, data_flag, *RUN)
     assert f"resuming from step {stopped_at}" in resumed.stdout
     assert_same_metrics(read_jsonl(tmp_path / "metrics.jsonl"), uninterrupted)
+    # The best test error and the training time cover both segments (they are kept in the checkpoint).
+    meta = json.loads((tmp_path / "checkpoints" / str(STEPS) / "meta" / "metadata").read_text())
+    assert meta["best_test_error"] == min(r["test/error"] for r in uninterrupted if "test/error" in r)
+    assert meta["train_time_s"] > 0
 
 
 def test_sigkill_during_saves_resumes_from_newest_complete_checkpoint(uninterrupted, data_flag, tmp_path):

@@ -1,4 +1,4 @@
-"""The data-parallel training step: sharding-invariant, paper optimizer, warm-up, config checks."""
+"""The data-parallel training step: sharding-invariant, paper optimizer, warm-up, metric sums, config checks."""
 import pathlib
 
 import jax
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import input_pipeline as ip
-from resnet_jax import train
+from resnet_jax import config_checks, models, optim, run_dir, sharding, step
 from resnet_jax.config_args import load_config_module
+from resnet_jax.data import cifar
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -26,22 +26,24 @@ def small_config(**overrides):
     return c
 
 
-def random_data(mesh, n=64, seed=0):
+def random_data(mesh, batch_size=16, n=64, seed=0):
+    """A random on-device dataset of n 32x32 images."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.int32)
-    return ip.to_device(images, labels, ip.pixel_mean(images), NamedSharding(mesh, P()))
+    return cifar.build(images, labels, images[:16], labels[:16], num_classes=10, batch_size=batch_size,
+                       eval_batch_size=8, mesh=mesh)
 
 
 def run_steps(config, devices, steps=2):
-    mesh = train.make_mesh(devices)
-    model = train.make_model(config, 10)
-    tx = train.make_optimizer(config)
-    state = jax.jit(lambda: train.init_state(config, model, tx, 10), out_shardings=NamedSharding(mesh, P()))()
-    step_fn = train.make_train_step(config, model, tx, mesh)
-    data = random_data(mesh)
+    mesh = sharding.make_mesh(devices)
+    model = models.from_config(config.model, 10)
+    tx = optim.make_optimizer(config)
+    state = jax.jit(lambda: step.init_state(config, model, tx, 10), out_shardings=NamedSharding(mesh, P()))()
+    data = random_data(mesh, config.batch_size)
+    step_fn = step.make_train_step(config, model, tx, mesh, data)
     for _ in range(steps):
-        state = step_fn(state, data)
+        state = step_fn(state, data.train)
     return jax.device_get(state)
 
 
@@ -66,34 +68,25 @@ def test_bn_group_statistics_change_the_step():
     assert max(jax.tree.leaves(diff)) > 1e-4
 
 
-def test_paper_learning_rate_schedule():
-    c = small_config()
-    assert [train.learning_rate(c, s, False) for s in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
-        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
-    assert train.learning_rate(c, 0, True) == pytest.approx(0.01)
-    schedule = train.lr_schedule(c)
-    assert float(schedule(32_000)) == pytest.approx(0.01) and float(schedule(100)) == pytest.approx(0.1)
-
-
 def test_warmup_is_on_for_110_layers_and_scales_the_update():
     c110 = load_config_module(CONFIGS / "cifar10.py").get_config("depth=110")
-    assert train.uses_warmup(c110) and not train.uses_warmup(small_config())
+    assert optim.uses_warmup(c110) and not optim.uses_warmup(small_config())
     c = small_config(warmup=True)
-    mesh = train.make_mesh(jax.devices()[:1])
-    model, tx = train.make_model(c, 10), train.make_optimizer(c)
-    state = train.init_state(c, model, tx, 10)
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    model, tx = models.from_config(c.model, 10), optim.make_optimizer(c)
+    state = step.init_state(c, model, tx, 10)
     assert bool(state.warmup)
-    step_fn = train.make_train_step(c, model, tx, mesh)
-    data = random_data(mesh)
-    warm = step_fn(state, data)
-    cold = step_fn(train.init_state(c, model, tx, 10).replace(warmup=jnp.asarray(False)), data)
-    start = train.init_state(c, model, tx, 10).params
+    data = random_data(mesh, c.batch_size)
+    step_fn = step.make_train_step(c, model, tx, mesh, data)
+    warm = step_fn(state, data.train)
+    cold = step_fn(step.init_state(c, model, tx, 10).replace(warmup=jnp.asarray(False)), data.train)
+    start = step.init_state(c, model, tx, 10).params
     delta = lambda s: np.asarray(s.params["head"]["kernel"] - start["head"]["kernel"]) if "head" in s.params else \
         np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(s.params), jax.tree.leaves(start))])
     np.testing.assert_allclose(delta(warm), 0.1 * delta(cold), rtol=1e-4, atol=2e-7)  # params - init cancels digits
     # Warm-up ends once the smoothed training error falls below 80%.
-    nearly = train.init_state(c, model, tx, 10).replace(error_ema=jnp.asarray(0.0))
-    assert not bool(step_fn(nearly, data).warmup)
+    nearly = step.init_state(c, model, tx, 10).replace(error_ema=jnp.asarray(0.0))
+    assert not bool(step_fn(nearly, data.train).warmup)
 
 
 def test_metric_sums_restart_at_each_log_boundary():
@@ -112,11 +105,11 @@ def test_metric_sums_restart_at_each_log_boundary():
 ])
 def test_bad_config_gets_a_clear_error(field, value, message):
     with pytest.raises(ValueError, match=message):
-        train.validate_config(small_config(**{field: value}), 8)
+        config_checks.validate_config(small_config(**{field: value}), 8)
 
 
 def test_frozen_fields_diff_names_model_and_data_fields_only():
     a = small_config().to_dict()
     b = small_config(num_train_steps=5, learning_rate=0.5, **{"model.residual": False, "seed": 3}).to_dict()
-    assert train.frozen_config_diff(a, b) == ["model.residual", "seed"]
-    assert train.frozen_config_diff(a, a) == []
+    assert run_dir.frozen_config_diff(a, b) == ["model.residual", "seed"]
+    assert run_dir.frozen_config_diff(a, a) == []

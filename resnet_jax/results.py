@@ -1,23 +1,24 @@
-"""Figures and tables from runs: local run directories (config.json + metrics.jsonl) or W&B.
+"""Reading finished or running runs, for figures, tables and sweep status: local run directories
+(config.json + metrics.jsonl) or W&B.
 
     python experiments/plot_degradation.py runs/cifar10-degradation        # Fig. 6
     python experiments/report.py runs/cifar10-degradation                  # Table 6 next to ours
 
 Both read runs through `load_runs`, which takes run directories, sweep directories (whose
 sub-directories are runs) or a W&B project and group. A run still in progress is read as far as
-it got. Nothing here imports jax.
+it got. What a run trained (depth, residual, ...) is read from its config.
+Nothing here imports jax.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import statistics
 from typing import Any, Iterable, Sequence
 
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
+from resnet_jax import run_dir
+from resnet_jax.metric_writers import has_wandb_api_key
 
 
 @dataclasses.dataclass
@@ -90,12 +91,18 @@ class Run:
         return order, self.depth if self.depth is not None else 1 << 30, self.name
 
 
-def parse_name(name: str) -> tuple[bool | None, int | None, bool]:
-    """``plain-56`` -> (False, 56, False); ``preact-resnet-164`` -> (True, 164, True)."""
+def net_fields(config: dict, name: str = "") -> tuple[int | None, bool | None, bool]:
+    """(depth, residual, preact) of the net a run trained, from its config.
+
+    Only a run that has not written its config.json yet falls back to its name (``plain-56``,
+    ``preact-resnet-164``); an unknown name gives (None, None, False), so a new family only
+    needs its config.
+    """
+    model = config.get("model") or {}
+    if "depth" in model:
+        return int(model["depth"]), bool(model.get("residual")), bool(model.get("preact"))
     m = re.fullmatch(r"(preact-)?(plain|resnet)-(\d+)", name)
-    if not m:
-        return None, None, False
-    return m.group(2) == "resnet", int(m.group(3)), bool(m.group(1))
+    return (int(m.group(3)), m.group(2) == "resnet", bool(m.group(1))) if m else (None, None, False)
 
 
 def _float(v: Any) -> float | None:
@@ -126,37 +133,14 @@ def hardware_from_runtime(runtime: dict | None) -> str:
 # ----------------------------------------------------------------------------- local runs
 
 
-def is_run_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, METRICS)) or os.path.isfile(os.path.join(path, CONFIG))
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """Records of a metrics.jsonl; a torn last line (a run killed mid-write, or still writing) is skipped."""
-    out = []
-    if not os.path.exists(path):
-        return out
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
 def load_run_dir(path: str) -> Run:
-    config: dict = {}
     try:
-        with open(os.path.join(path, CONFIG)) as f:
-            config = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        pass  # a run that has not written its config yet: go by the directory name
+        config = run_dir.read_config(path) or {}
+    except run_dir.RunDirError:
+        config = {}  # a damaged config.json: the run is listed, with what its metrics say
     name = config.get("name") or os.path.basename(os.path.normpath(path))
-    residual, depth, preact = parse_name(os.path.basename(os.path.normpath(path)))
-    model = config.get("model") or {}
-    if "depth" in model:
-        depth, residual, preact = int(model["depth"]), bool(model.get("residual")), bool(model.get("preact"))
-    records = read_jsonl(os.path.join(path, METRICS))
+    depth, residual, preact = net_fields(config, os.path.basename(os.path.normpath(path)))
+    records = run_dir.read_metrics(path)
     train = [(int(r["step"]), e) for r in records if (e := _float(r.get("train/error"))) is not None]
     test = [(int(r["step"]), e) for r in records if (e := _float(r.get("test/error"))) is not None]
     runtime = config.get("runtime") or {}
@@ -173,11 +157,11 @@ def find_run_dirs(paths: Sequence[str]) -> list[str]:
     for path in paths:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: no such directory")
-        if is_run_dir(path):
+        if run_dir.is_run_dir(path):
             found.append(path)
             continue
         subs = sorted(os.path.join(path, d) for d in os.listdir(path))
-        runs = [d for d in subs if os.path.isdir(d) and is_run_dir(d)]
+        runs = [d for d in subs if os.path.isdir(d) and run_dir.is_run_dir(d)]
         if not runs:
             raise FileNotFoundError(f"{path}: neither a run directory (config.json, metrics.jsonl) "
                                     "nor a sweep directory with runs in it")
@@ -196,16 +180,6 @@ class WandbUnavailable(RuntimeError):
     """The W&B public API cannot be reached (no API key, no network, no such project)."""
 
 
-def _has_wandb_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = os.path.expanduser("~/.netrc")
-    try:
-        return "api.wandb.ai" in open(netrc).read()
-    except OSError:
-        return False
-
-
 def _hardware_from_wandb(metadata: dict | None) -> str:
     metadata = metadata or {}
     if metadata.get("gpu"):
@@ -219,7 +193,7 @@ def wandb_api(api=None):
     """`api` if given (tests), else ``wandb.Api()``, which needs network access and an API key."""
     if api is not None:
         return api
-    if not _has_wandb_key():
+    if not has_wandb_api_key():
         raise WandbUnavailable(
             "reading W&B needs an API key (run `wandb login` or set WANDB_API_KEY) and network access; "
             "or plot the local run directories instead (each run writes metrics.jsonl)")
@@ -251,10 +225,7 @@ def load_wandb_runs(project: str, group: str | None = None, api=None) -> list[Ru
     runs = []
     for wr in wandb_runs:
         config = dict(wr.config)
-        model = config.get("model") or {}
-        residual, depth, preact = parse_name(wr.name)
-        if "depth" in model:
-            depth, residual, preact = int(model["depth"]), bool(model.get("residual")), bool(model.get("preact"))
+        depth, residual, preact = net_fields(config, wr.name)
 
         def series(key):
             rows = wr.scan_history(keys=["_step", key])

@@ -1,4 +1,4 @@
-"""ImageNet-style input: JPEGs streamed from TFDS by tf.data on every host, fed as global arrays.
+"""Streamed JPEG datasets (ImageNet and any TFDS set with a JPEG 'image' and a 'label'): JPEGs streamed from TFDS by tf.data on every host, fed as global arrays.
 
 ImageNet (140 GB) cannot live on the devices as CIFAR does. Each host reads its own part of
 every split (``tfds.even_splits``, as ``tfds.split_for_jax_process``), decodes and augments its
@@ -27,6 +27,10 @@ from typing import Any, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from resnet_jax import sharding
+from resnet_jax.data import tfds_prepare
+from resnet_jax.data.base import Examples
 
 # Per-channel ImageNet mean, in [0, 1] units (the paper subtracts a per-pixel mean; with random
 # crops of random scale the two agree to within a few grey levels).
@@ -66,7 +70,7 @@ class Geometry:
 
 
 def _tf():
-    """TensorFlow, imported late (load() first hides the GPUs from it, via input_pipeline._tfds)."""
+    """TensorFlow, imported late: `load` hides the GPUs from it first (tfds_prepare.tfds)."""
     import tensorflow as tf
 
     return tf
@@ -176,8 +180,7 @@ def ten_crop_images(encoded, geometry: Geometry):
 
 def host_split(split: str, process_index: int, process_count: int):
     """This host's part of `split` (TFDS even split: sizes differ by at most one example)."""
-    import tensorflow_datasets as tfds
-
+    tfds = tfds_prepare.tfds()
     return tfds.even_splits(split, process_count)[process_index] if process_count > 1 else split
 
 
@@ -186,8 +189,7 @@ def count_examples(builder, split) -> int:
     try:
         return int(builder.info.splits[split].num_examples)
     except (KeyError, ValueError, AssertionError, AttributeError):
-        import tensorflow_datasets as tfds
-
+        tfds = tfds_prepare.tfds()
         ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
         return int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
 
@@ -203,8 +205,7 @@ def epoch_seed(seed: int, epoch: int, process_index: int) -> int:
 
 def records(builder, split, *, shuffle_seed: int | None):
     """(encoded image, label) records of a split, files in a seeded order (or in order if None)."""
-    import tensorflow_datasets as tfds
-
+    tfds = tfds_prepare.tfds()
     read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
     ds = builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None, read_config=read_config,
                             decoders={"image": tfds.decode.SkipDecoding()})
@@ -232,8 +233,7 @@ def train_epoch_dataset(builder, split, *, seed: int, epoch: int, skip_batches: 
 
 def train_host_batches(builder, split, *, start_step: int, steps_per_epoch: int, **kwargs) -> Iterator:
     """One host's training batches from `start_step` on, forever, as numpy."""
-    import tensorflow_datasets as tfds
-
+    tfds = tfds_prepare.tfds()
     epoch, position = divmod(start_step, steps_per_epoch)
     while True:
         ds = train_epoch_dataset(builder, split, epoch=epoch, skip_batches=position,
@@ -272,12 +272,22 @@ def lighting(key: jax.Array, images: jax.Array, std: float = PCA_STD) -> jax.Arr
     return images + shift[:, None, None, :].astype(images.dtype)
 
 
+def device_batch(inputs, rng, step, color_augmentation: bool):
+    """What the step does to a decoded batch: mean subtraction and the optional PCA colour
+    augmentation (seeded by (seed, step))."""
+    images, labels = inputs
+    images = normalize(images)
+    if color_augmentation:
+        images = lighting(jax.random.fold_in(jax.random.fold_in(rng, 1), step), images)
+    return images, labels
+
+
 # ----------------------------------------------------------------------------- the dataset, as training sees it
 
 
 @dataclasses.dataclass
 class StreamedData:
-    """A streamed dataset: what the training loop, evaluation and diagnostics need of it."""
+    """A streamed dataset (see resnet_jax.data.base.Dataset): sizes and splits resolved, nothing read yet."""
 
     builder: Any
     train_split: str
@@ -293,7 +303,9 @@ class StreamedData:
     seed: int
     shuffle_buffer: int
     ten_crop: bool = False
+    color_augmentation: bool = False
     test_host_sizes: tuple = ()
+    train_examples: int = 0  # what the config's epoch -> step conversion assumes (0: not set)
 
     @property
     def process_index(self) -> int:
@@ -304,13 +316,11 @@ class StreamedData:
         return jax.process_count()
 
     def _global(self, local: np.ndarray) -> jax.Array:
-        from jax.sharding import NamedSharding, PartitionSpec as P
+        return jax.make_array_from_process_local_data(sharding.batch_sharded(self.mesh), local)
 
-        sharding = NamedSharding(self.mesh, P("data"))
-        return jax.make_array_from_process_local_data(sharding, local)
-
-    def train_batches(self, start_step: int, prefetch: int = 2) -> Iterator[tuple[jax.Array, jax.Array]]:
-        """Global training batches from `start_step` on; `prefetch` of them already on the devices."""
+    def train_inputs(self, start_step: int, prefetch: int = 2) -> Iterator[tuple[jax.Array, jax.Array]]:
+        """Global (uint8 images, labels) training batches from `start_step` on; `prefetch` of them
+        already on the devices."""
         host_batches = train_host_batches(
             self.builder, self.train_split, start_step=start_step, steps_per_epoch=self.steps_per_epoch,
             seed=self.seed, host_batch=self.batch_size // self.process_count, geometry=self.geometry,
@@ -321,48 +331,63 @@ class StreamedData:
             if len(queue) > prefetch:
                 yield queue.pop(0)
 
+    def train_batch(self, inputs, rng, step):
+        return device_batch(inputs, rng, step, self.color_augmentation)
+
+    def normalize(self, images):
+        return normalize(images)
+
     def eval_batches(self) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
         """Global (images, labels, mask) batches covering the test split exactly once."""
-        import tensorflow_datasets as tfds
-
         host_batch = self.eval_batch_size // self.process_count
         num_batches = -(-max(self.test_host_sizes) // host_batch)
         ds = eval_dataset(self.builder, self.test_split, host_batch=host_batch, num_batches=num_batches,
                           num_examples=self.test_host_sizes[self.process_index], geometry=self.geometry,
                           process_index=self.process_index, process_count=self.process_count,
                           ten_crop=self.ten_crop)
-        for batch in tfds.as_numpy(ds):
+        for batch in tfds_prepare.tfds().as_numpy(ds):
             yield tuple(self._global(a) for a in batch)
 
-    def first_test_examples(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first `size` test examples, centre-cropped, on every host (for diagnostics)."""
-        return first_examples(self.builder, self.test_split, size, self.geometry)
+    def fixed_examples(self, size: int) -> Examples:
+        """The first `size` test examples, centre-cropped, on every host (for gradients and responses)."""
+        images, labels = first_examples(self.builder, self.test_split, size, self.geometry)
+        return Examples(images, labels, images)
+
+    def runtime(self) -> dict:
+        return {"num_train": self.num_train, "num_test": self.num_test, "steps_per_epoch": self.steps_per_epoch}
+
+    def notes(self, saved_runtime: dict) -> list[str]:
+        """What a user should know about this run's data: an epoch count that assumes another dataset
+        size, or a resume on another number of hosts (the data order then differs)."""
+        out = []
+        if self.train_examples and self.train_examples != self.num_train:
+            out.append(f"the schedule assumes {self.train_examples} training examples, the dataset has "
+                       f"{self.num_train}; set --config.train_examples={self.num_train} to count epochs of it")
+        saved = saved_runtime.get("processes")
+        if saved and saved != self.process_count:
+            out.append(f"resuming on {self.process_count} hosts, saved on {saved}: the data order from here on "
+                       "differs from an uninterrupted run (each host reads its own part of the data)")
+        return out
 
 
 def first_examples(builder, split, size: int, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """The first `size` examples of a split, centre-cropped: (uint8 images, int32 labels)."""
-    import tensorflow_datasets as tfds
-
     tf = _tf()
     ds = records(builder, split, shuffle_seed=None).take(size)
     ds = ds.map(lambda image, label: (eval_image(image, geometry), tf.cast(label, tf.int32)))
-    images, labels = next(iter(tfds.as_numpy(ds.batch(size))))
+    images, labels = next(iter(tfds_prepare.tfds().as_numpy(ds.batch(size))))
     return images, labels
 
 
-def load(config, mesh: jax.sharding.Mesh) -> StreamedData:
+def load(config, mesh: jax.sharding.Mesh, num_classes: int) -> StreamedData:
     """The streamed dataset of `config` on `mesh`: sizes and splits resolved, nothing read yet."""
-    from resnet_jax import input_pipeline
-
-    tfds = input_pipeline._tfds()
-    classes = input_pipeline.num_classes(config.dataset, config.get("num_classes"))
-    builder = tfds.builder(config.dataset, data_dir=config.data_dir)
-    if not builder.is_prepared():
-        input_pipeline._prepare(builder, config.dataset, manual_dir=config.get("manual_dir"))
+    processes = jax.process_count()
+    if config.batch_size % processes:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {processes} hosts")
+    builder = tfds_prepare.prepared_builder(config.dataset, config.data_dir, config.get("manual_dir"))
     geometry = Geometry.from_config(config)
     geometry.check()
     train_split, test_split = config.get("train_split", "train"), config.get("test_split", "validation")
-    processes = jax.process_count()
     train_sizes = host_sizes(builder, train_split, processes)
     test_sizes = host_sizes(builder, test_split, processes)
     host_batch = config.batch_size // processes
@@ -370,8 +395,9 @@ def load(config, mesh: jax.sharding.Mesh) -> StreamedData:
         raise ValueError(f"{config.dataset} {train_split} has {sum(train_sizes)} examples, fewer than one "
                          f"batch of {config.batch_size}; lower --config.batch_size")
     return StreamedData(
-        builder=builder, train_split=train_split, test_split=test_split, num_classes=classes,
+        builder=builder, train_split=train_split, test_split=test_split, num_classes=num_classes,
         num_train=sum(train_sizes), num_test=sum(test_sizes), steps_per_epoch=min(train_sizes) // host_batch,
         geometry=geometry, mesh=mesh, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
         seed=config.seed, shuffle_buffer=config.shuffle_buffer, ten_crop=bool(config.get("ten_crop")),
-        test_host_sizes=tuple(test_sizes))
+        color_augmentation=bool(config.get("color_augmentation")), test_host_sizes=tuple(test_sizes),
+        train_examples=int(config.get("train_examples") or 0))

@@ -1,33 +1,41 @@
-"""The CIFAR pipeline: deterministic batches from (seed, step), the paper's augmentation, exact eval."""
+"""The on-device pipeline (CIFAR): deterministic batches from (seed, step), the paper's augmentation, exact eval."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import input_pipeline as ip
+from resnet_jax import data
+from resnet_jax.data import cifar as ip
+from resnet_jax.data import tfds_prepare
+
+MEAN = np.full((32, 32, 3), 0.5, np.float32)
 
 
 def _data(n=50, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.int32)
-    return ip.DeviceData(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(ip.pixel_mean(images)))
+    return ip.DeviceData(jnp.asarray(images), jnp.asarray(labels))
+
+
+def train_batch(d, key, step, batch_size):
+    return ip.train_batch(d, key, step, batch_size, MEAN)
 
 
 def test_batch_is_a_pure_function_of_seed_and_step():
     key = jax.random.PRNGKey(3)
     a, b = _data(), _data()  # two fresh pipelines over the same data
     for step in (0, 7, 123):
-        xa, ya = jax.jit(ip.train_batch, static_argnums=3)(a, key, jnp.asarray(step), 8)
-        xb, yb = jax.jit(ip.train_batch, static_argnums=3)(b, key, jnp.asarray(step), 8)
+        xa, ya = jax.jit(train_batch, static_argnums=3)(a, key, jnp.asarray(step), 8)
+        xb, yb = jax.jit(train_batch, static_argnums=3)(b, key, jnp.asarray(step), 8)
         np.testing.assert_array_equal(np.asarray(xa), np.asarray(xb))
-        x_eager, _ = ip.train_batch(b, key, jnp.asarray(step), 8)  # same batch, up to float fusion
+        x_eager, _ = train_batch(b, key, jnp.asarray(step), 8)  # same batch, up to float fusion
         np.testing.assert_allclose(np.asarray(xa), np.asarray(x_eager), atol=1e-6)
         np.testing.assert_array_equal(np.asarray(ya), np.asarray(yb))
-    x0, _ = ip.train_batch(a, key, jnp.asarray(0), 8)
-    x1, _ = ip.train_batch(a, key, jnp.asarray(1), 8)
+    x0, _ = train_batch(a, key, jnp.asarray(0), 8)
+    x1, _ = train_batch(a, key, jnp.asarray(1), 8)
     assert not np.array_equal(np.asarray(x0), np.asarray(x1))
-    other, _ = ip.train_batch(a, jax.random.PRNGKey(4), jnp.asarray(0), 8)
+    other, _ = train_batch(a, jax.random.PRNGKey(4), jnp.asarray(0), 8)
     assert not np.array_equal(np.asarray(x0), np.asarray(other))
 
 
@@ -81,14 +89,22 @@ def test_eval_batches_count_every_example_exactly_once():
     np.testing.assert_array_equal(bl.reshape(-1)[bm.reshape(-1) == 1], labels)
 
 
+def test_digits_are_cropped_but_never_flipped():
+    images = jnp.asarray(np.random.default_rng(2).normal(size=(32, 32, 32, 3)).astype(np.float32) + 5.0)
+    out = np.asarray(ip.augment(jax.random.PRNGKey(0), images, flip=False))
+    padded = np.pad(np.asarray(images), ((0, 0), (4, 4), (4, 4), (0, 0)))
+    for i in range(len(out)):
+        assert any(np.array_equal(out[i], padded[i, dy:dy + 32, dx:dx + 32]) for dy in range(9) for dx in range(9))
+
+
 def test_unknown_dataset_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown dataset 'mnist'; valid: cifar10, cifar100"):
-        ip.num_classes("mnist")
+        data.num_classes("mnist")
 
 
 def test_missing_dataset_without_network_says_how_to_point_data_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(ip, "_reachable", lambda url, timeout=5.0: False)
-    with pytest.raises(ip.DatasetUnavailableError, match="--config.data_dir"):
+    monkeypatch.setattr(tfds_prepare, "reachable", lambda url, timeout=5.0: False)
+    with pytest.raises(data.DatasetUnavailableError, match="--config.data_dir"):
         ip.load_split("cifar10", "train", str(tmp_path))
 
 
@@ -99,3 +115,30 @@ def test_loads_the_real_tfds_subset(tfds_data_dir):
     train, _ = ip.load_split("cifar10", "train[:90%]", tfds_data_dir)
     held, _ = ip.load_split("cifar10", "train[90%:]", tfds_data_dir)
     assert len(train) + len(held) == 5085  # the paper's 45k/5k split, as fractions
+
+
+def test_a_dataset_added_by_one_registry_line_trains_and_evaluates():
+    """SVHN (cropped digits) is one line in resnet_jax.data.REGISTRY: the on-device kind without flips.
+    Its TFDS format is exercised on mock data (nothing can be downloaded here)."""
+    import pathlib
+
+    from resnet_jax import models, optim, sharding, step
+    from resnet_jax.config_args import load_config_module
+
+    config = load_config_module(pathlib.Path(__file__).parents[1] / "configs" / "cifar10.py").get_config(
+        "depth=8,dataset=svhn_cropped")
+    config.batch_size, config.eval_batch_size = 16, 16
+    mesh = sharding.make_mesh()
+    tfds = tfds_prepare.tfds()
+    with tfds.testing.mock_data(num_examples=48):
+        svhn = data.get(config, mesh)
+    assert (svhn.num_classes, svhn.num_train, svhn.num_test, svhn.flip) == (10, 48, 48, False)
+    model = models.from_config(config.model, svhn.num_classes)
+    tx = optim.make_optimizer(config)
+    state = jax.jit(lambda: step.init_state(config, model, tx, 10), out_shardings=sharding.replicated(mesh))()
+    train_step = step.make_train_step(config, model, tx, mesh, svhn)
+    inputs = svhn.train_inputs(0)
+    for _ in range(3):
+        state = train_step(state, next(inputs))
+    metrics = step.make_evaluator(svhn, model, mesh)(state)
+    assert int(state.step) == 3 and 0 <= metrics["test/error"] <= 1 and np.isfinite(metrics["test/loss"])

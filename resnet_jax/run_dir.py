@@ -1,0 +1,195 @@
+"""Everything about a run directory: its file names, how they are written, and how they are read.
+
+    WORKDIR/config.json            the config the run trains with, plus a ``runtime`` record
+    WORKDIR/metrics.jsonl          one JSON object per logged step
+    WORKDIR/checkpoints/STEP/      Orbax checkpoints (``checkpointing.py`` writes them)
+    WORKDIR/diagnostics_layers.json  names of the entries of the per-layer diagnostics lists
+    WORKDIR/previous-<time>/       a run set aside by ``resume=false``
+
+Training, evaluation, fine-tuning, sweeps and the experiments all read runs through here. This
+module must stay light (no jax, no TensorFlow): launch.sh and the experiments import it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Any, Iterable
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+LAYERS_FILE = "diagnostics_layers.json"
+
+# Fields that define what a run computes; resuming with any of them changed is refused.
+FROZEN_FIELDS = ("dataset", "val_split", "seed", "batch_size", "model",
+                 "train_split", "image_size", "train_resize", "shuffle_buffer")  # the last four: streamed data
+
+
+class RunDirError(ValueError):
+    """A run directory's file cannot be read; the message names the file and what to do."""
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Writes `path` so that a kill at any moment leaves the old file or the new one, never half."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, value: Any, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(value, indent=indent) + "\n")
+
+
+def write_metrics(workdir: str, records: Iterable[dict]) -> None:
+    """Replaces metrics.jsonl with `records`, atomically."""
+    atomic_write_text(os.path.join(workdir, METRICS_FILE), "".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_config(workdir: str, config: dict, runtime: dict) -> None:
+    """config.json: the run's config and the ``runtime`` record (devices, host, data sizes...)."""
+    atomic_write_json(os.path.join(workdir, CONFIG_FILE), {**config, "runtime": runtime})
+
+
+def set_aside(workdir: str) -> str | None:
+    """Moves a previous run's files to WORKDIR/previous-<time>/ (resume=false: nothing is deleted)."""
+    names = [n for n in (CHECKPOINTS, METRICS_FILE, CONFIG_FILE, LAYERS_FILE) if os.path.exists(os.path.join(workdir, n))]
+    if not names:
+        return None
+    aside = os.path.join(workdir, time.strftime("previous-%Y%m%d-%H%M%S"))
+    os.makedirs(aside)
+    for name in names:
+        os.replace(os.path.join(workdir, name), os.path.join(aside, name))
+    return aside
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_json(path: str) -> dict | None:
+    """A JSON file, or None if it does not exist; a torn file is an error that names it."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path} is damaged ({e}); restore it from a backup, or delete it "
+                          "(it is rewritten when the run starts again)") from None
+
+
+def read_config(workdir: str) -> dict | None:
+    """The run's config.json (with its ``runtime`` record), or None if it has none yet."""
+    return read_json(os.path.join(workdir, CONFIG_FILE))
+
+
+def saved_runtime(workdir: str) -> dict:
+    return (read_config(workdir) or {}).get("runtime", {})
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The records of WORKDIR/metrics.jsonl; a torn line (killed mid-write) is skipped."""
+    path = os.path.join(workdir, METRICS_FILE)
+    records = []
+    if not os.path.exists(path):
+        return records
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def last_metrics_step(workdir: str) -> int | None:
+    """The step of the last complete record of metrics.jsonl (None without one)."""
+    steps = [int(r["step"]) for r in read_metrics(workdir) if isinstance(r.get("step"), int)]
+    return steps[-1] if steps else None
+
+
+def read_layer_names(workdir: str) -> dict | None:
+    """Names of the entries of the per-layer diagnostics lists ({'grad': [...], 'response': [...], 'block': [...]})."""
+    try:
+        return read_json(os.path.join(workdir, LAYERS_FILE))
+    except RunDirError:
+        return None
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(workdir, CHECKPOINTS)
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Steps of the complete checkpoints in WORKDIR/checkpoints, ascending.
+
+    Orbax names a committed checkpoint by its step; a save in progress lives in a temporary
+    folder with a non-numeric name until it is renamed, so it is never listed.
+    """
+    root = checkpoint_dir(workdir)
+    if not os.path.isdir(root):
+        return []
+    return sorted(int(n) for n in os.listdir(root) if n.isdigit() and os.path.isdir(os.path.join(root, n)))
+
+
+def pick_checkpoint(workdir: str, step: int | None = None) -> int:
+    """`step` if WORKDIR has a checkpoint for it, else (step None) the latest; errors say what there is."""
+    steps = checkpoint_steps(workdir)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise ValueError(f"no checkpoint for step {step}; available: {', '.join(map(str, steps))} "
+                         f"(in {checkpoint_dir(workdir)})")
+    return step
+
+
+def is_run_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, METRICS_FILE)) or os.path.isfile(os.path.join(path, CONFIG_FILE))
+
+
+# ----------------------------------------------------------------------------- comparing configs
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"model": {"depth": 56}} -> {"model.depth": 56}; tuples become lists (as JSON has them)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def frozen_config_diff(saved: dict, current: dict) -> list[str]:
+    """Dotted names of FROZEN_FIELDS that differ between a saved config and the current one.
+
+    A field the saved run did not have at all (added to the configs since it was saved) is not a
+    change: new fields default to what older code did.
+    """
+    a, b = flatten(saved), flatten(current)
+    keys = [k for k in sorted(set(a) | set(b)) if k.split(".")[0] in FROZEN_FIELDS and k in a]
+    return [k for k in keys if a.get(k) != b.get(k)]
+
+
+# ----------------------------------------------------------------------------- the runtime record
+
+
+def host_description() -> str:
+    """CPU model and core count of this host, for the hardware column of reports."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
