@@ -1,0 +1,3 @@
+from resnet_jax.models.nets import _main
+
+_main()
