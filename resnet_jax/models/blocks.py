@@ -101,6 +101,7 @@ class BlockBase(nn.Module):
         raise NotImplementedError
 
     def after_addition(self, y):
+        """What follows the addition (post-activation blocks: the ReLU)."""
         return y
 
     def between_convs(self, y, index: int):
@@ -110,7 +111,7 @@ class BlockBase(nn.Module):
     @nn.compact
     def __call__(self, x):
         branch, projection_input = self.residual_branch(x)
-        if self.residual:
+        if self.residual:  # the one difference between a plain block and its residual twin
             shortcut = self.shortcut_path(x, projection_input)
             self.sow_branch(branch, shortcut)
             y = branch + shortcut.astype(branch.dtype)
