@@ -39,8 +39,8 @@ NUM_TEST = 10_000
 
 def model_name(config) -> str:
     m = config.model
-    kind = "preact_resnet" if m.preact else ("resnet" if m.residual else "plain")
-    if m.bottleneck or m.shortcut != "A":
+    kind = "preact_resnet" if m.get("preact") else ("resnet" if m.residual else "plain")
+    if m.get("bottleneck") or m.get("widen_factor") or m.shortcut != "A":
         raise ValueError(f"{config.name}: only option-A basic-block CIFAR nets are benchmarked here")
     return f"{kind}{m.depth}"
 

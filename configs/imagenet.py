@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     del c.val_split, c.lr_boundaries
     c.name = run_name(a["depth"], a["residual"], shortcut)
 
-    # Data: streamed by tf.data on each host (resnet_jax/imagenet_input.py).
+    # Data: streamed by tf.data on each host (resnet_jax/data/tfds_stream.py).
     c.dataset = a["dataset"]
     c.manual_dir = config_dict.placeholder(str)     # imagenet2012's tar files; None = DATA_DIR/downloads/manual
     c.num_classes = config_dict.placeholder(int)    # None: known for imagenet2012 / imagenette

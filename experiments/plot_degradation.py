@@ -67,7 +67,7 @@ def plot(runs: Sequence[Run], title: str | None = None, ylim: float | None = Non
     groups = panels(runs)
     if not groups:
         raise ValueError("no plain or residual runs to plot (is each run's config.json there?)")
-    colors = depth_colors([r.depth for r in runs])
+    colors = depth_colors([r.size for r in runs])
     max_step = max([r.steps_done for r in runs] + [1])
     scale, xlabel = (1e4, "iter. (1e4)") if max_step >= 10_000 else (1.0, "iterations")
     by_epoch = all(r.steps_per_epoch for r in runs)  # Fig. 4: against epochs
@@ -79,7 +79,7 @@ def plot(runs: Sequence[Run], title: str | None = None, ylim: float | None = Non
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), sharey=True, squeeze=False)
     for ax, (panel_title, panel_runs) in zip(axes[0], groups):
         for run in sorted(panel_runs, key=Run.sort_key):
-            color = colors[run.depth]
+            color = colors[run.size]
             per = run.steps_per_epoch if by_epoch else scale
             if run.train:
                 (line,) = ax.plot([s / per for s, _ in run.train], [100 * e for _, e in run.train],

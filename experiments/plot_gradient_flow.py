@@ -32,7 +32,8 @@ from matplotlib.ticker import MaxNLocator
 
 from resnet_jax import run_dir
 from resnet_jax.plotting import depth_colors, plt, save
-from resnet_jax.results import WandbUnavailable, find_run_dirs, load_run_dir, net_fields, output_path, wandb_api
+from resnet_jax.results import (Run, WandbUnavailable, find_run_dirs, load_run_dir, net_fields, output_path,
+                                wandb_api)
 
 PREFIX = "diagnostics/"
 QUANTITIES = ("grad_norm", "grad_to_weight", "weight_norm", "branch_ratio", "response_std")
@@ -57,6 +58,8 @@ class DiagnosticsRun:
     steps: dict                           # step -> {quantity: [values in network order]}
     layers: dict | None = None            # {'grad': names, 'response': names, 'block': names} if known
     source: str = ""
+    net: str = ""                         # what was trained: plain-56, wrn-16-8, ... (results.Run.net)
+    size: int | tuple | None = None       # what the colour tells apart (results.Run.size)
 
     def values(self, step: int, quantity: str) -> np.ndarray | None:
         v = self.steps.get(step, {}).get(quantity)
@@ -93,7 +96,7 @@ def load_local(paths: Sequence[str]) -> list[DiagnosticsRun]:
     for d in find_run_dirs(paths):
         run = load_run_dir(d)
         runs.append(DiagnosticsRun(run.name, run.depth, run.residual, records_to_steps(run_dir.read_metrics(d)),
-                                   run_dir.read_layer_names(d), d))
+                                   run_dir.read_layer_names(d), d, run.net, run.size))
     return runs
 
 
@@ -106,10 +109,11 @@ def load_wandb(project: str, group: str | None = None, api=None) -> list[Diagnos
         raise WandbUnavailable(f"cannot list the runs of W&B project {project!r}: {type(e).__name__}: {e}") from None
     runs = []
     for wr in wandb_runs:
-        depth, residual, _ = net_fields(dict(wr.config), wr.name)
+        depth, residual, preact = net_fields(dict(wr.config), wr.name)
+        run = Run(wr.name, depth, residual, preact, config=dict(wr.config))
         rows = [r for r in wr.scan_history() if any(str(k).startswith(PREFIX) for k in r)]
         runs.append(DiagnosticsRun(wr.name, depth, residual, records_to_steps(rows), None,
-                                   getattr(wr, "url", project)))
+                                   getattr(wr, "url", project), run.net, run.size))
     return runs
 
 
@@ -132,7 +136,7 @@ def pick_steps(runs: Sequence[DiagnosticsRun], wanted: Sequence[int] | None = No
 def plot(runs: Sequence[DiagnosticsRun], steps: Sequence[int], quantities: Sequence[str] = DEFAULT_QUANTITIES,
          title: str | None = None):
     """Rows = quantities, columns = steps; lines carry gid NAME/QUANTITY/STEP."""
-    colors = depth_colors([r.depth for r in runs])
+    colors = depth_colors([r.size for r in runs])
     ordered = sorted(runs, key=lambda r: (bool(r.residual), r.depth or 0, r.name))
     fig, axes = plt.subplots(len(quantities), len(steps), figsize=(3.6 * len(steps) + 0.6, 2.8 * len(quantities)),
                              squeeze=False, sharey="row")
@@ -143,9 +147,8 @@ def plot(runs: Sequence[DiagnosticsRun], steps: Sequence[int], quantities: Seque
                 v = r.values(step, q)
                 if v is None or not len(v):
                     continue
-                style = dict(RESIDUAL_STYLE if r.residual else PLAIN_STYLE, color=colors[r.depth])
-                kind = "ResNet" if r.residual else "plain"
-                (line,) = ax.plot(np.arange(1, len(v) + 1), v, label=f"{kind}-{r.depth}",
+                style = dict(RESIDUAL_STYLE if r.residual else PLAIN_STYLE, color=colors[r.size])
+                (line,) = ax.plot(np.arange(1, len(v) + 1), v, label=r.net.replace("resnet", "ResNet"),
                                   marker="." if q == "branch_ratio" else None, **style)
                 line.set_gid(f"{r.name}/{q}/{step}")
             if q in LOG_SCALE:

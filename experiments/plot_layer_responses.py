@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D
 from resnet_jax import data as datasets
 from resnet_jax import diagnostics, evaluate, finetune, models, run_dir, sharding
 from resnet_jax.plotting import depth_colors, plt, save
-from resnet_jax.results import find_run_dirs
+from resnet_jax.results import find_run_dirs, load_run_dir
 
 PLAIN_STYLE = dict(linestyle="--", linewidth=1.3)
 RESIDUAL_STYLE = dict(linestyle="-", linewidth=1.6)
@@ -71,7 +71,8 @@ def measure_run(workdir: str, step: int | None = None, num_images: int = 1000, c
     avg = lambda key: sum(n * p[key] for n, p in parts) / total
     mean, mean_square = avg("mean"), avg("mean_square")
     names = diagnostics.layer_names(model)
-    return {"workdir": os.path.abspath(workdir), "name": config.name, "step": step,
+    run = load_run_dir(workdir)
+    return {"workdir": os.path.abspath(workdir), "name": config.name, "step": step, "net": run.net, "size": run.size,
             "depth": int(config.model.depth), "residual": bool(config.model.residual),
             "preact": bool(config.model.get("preact", False)), "num_images": total,
             "layers": names["response"], "response_std": np.sqrt(np.maximum(mean_square - mean ** 2, 0)).tolist(),
@@ -80,19 +81,18 @@ def measure_run(workdir: str, step: int | None = None, num_images: int = 1000, c
 
 
 def label(r: dict) -> str:
-    kind = ("preact-ResNet" if r.get("preact") else "ResNet") if r["residual"] else "plain"
-    return f"{kind}-{r['depth']}"
+    return r["net"].replace("resnet", "ResNet")
 
 
 def plot(results: Sequence[dict], title: str | None = None, branch: bool = False):
     """Fig. 7: std by layer index (top) and sorted by magnitude (bottom); lines carry gid NAME/original|sorted."""
-    colors = depth_colors([r["depth"] for r in results])
+    colors = depth_colors([r["size"] for r in results])
     rows = 3 if branch else 2
     fig, axes = plt.subplots(rows, 1, figsize=(7.5, 2.9 * rows), squeeze=False)
     axes = axes[:, 0]
     ordered = sorted(results, key=lambda r: (r["residual"], r["depth"]))
     for r in ordered:
-        style = dict(RESIDUAL_STYLE if r["residual"] else PLAIN_STYLE, color=colors[r["depth"]])
+        style = dict(RESIDUAL_STYLE if r["residual"] else PLAIN_STYLE, color=colors[r["size"]])
         std = np.asarray(r["response_std"])
         x = np.arange(1, len(std) + 1)
         (line,) = axes[0].plot(x, std, label=label(r), **style)

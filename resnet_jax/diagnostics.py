@@ -4,19 +4,23 @@ He et al. (2016) argue that plain nets degrade not because gradients vanish (BN 
 forward and backward signals healthy) but because deep plain stacks are hard to optimise, and
 that residual functions are closer to zero than non-residual ones (Fig. 7: "ResNets have
 generally smaller responses than their plain counterparts"). This module measures, for any
-state of any CIFAR or ImageNet net of ``resnet_jax.models``:
+state of any net of ``resnet_jax.models`` (CIFAR, ImageNet, WRN; any block type; with or without
+normalisation), in the network order the model states (``models.network_order``):
 
 * ``layer_responses``: the std of every conv layer's response (post-activation nets: after BN,
-  before the ReLU / addition; pre-activation nets: the conv output), eval mode, in network
-  order: the stem, then block by block, layer by layer. For basic-block nets those are exactly
-  the 3x3 layers of Fig. 7 (depth - 1 of them; bottleneck nets include their 1x1 layers).
+  before the ReLU / addition; pre-activation nets and nets without BN: the conv output), eval
+  mode, in network order: the stem, then block by block, layer by layer. For basic-block nets
+  those are exactly the 3x3 layers of Fig. 7 (depth - 1 of them; bottleneck nets include their
+  1x1 layers).
 * ``gradient_norms``: ||dL/dW|| and ||W|| of every conv / dense kernel (stem, each block's
   conv1, conv2, [conv3], [proj_conv], then fc), training mode, the plain cross-entropy of one
   fixed batch (weight decay is not part of it: optax adds it to the gradient later).
 * ``branch_ratios``: per block, ||F(x)|| / ||shortcut(x)||, the size of the residual branch
   relative to the identity it is added to (0: the block is the identity mapping), eval mode,
-  norms over the whole batch (all examples, H, W and C). For a plain block, F(x) is its last BN
-  output and the reference is the identity (or option-A shortcut) its residual twin would add.
+  norms over the whole batch (all examples, H, W and C). For a plain block, F(x) is its last
+  response (the BN output; the conv output in pre-activation nets and without BN) and the
+  reference is the parameter-free shortcut of its residual twin: the identity, or option A
+  (subsample, zero-pad) where the shape changes, also in nets whose twins project there (WRNs).
 
 The stacked layout of scanned nets (``stage{i}_blocks``, blocks 2..n on axis 0) is split back
 into blocks, so a scanned and an unrolled net give the same lists.
@@ -31,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import re
 import time
 
 import flax
@@ -40,36 +43,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import run_dir, sharding, step
+from resnet_jax import models, run_dir, sharding, step
 
 PREFIX = "diagnostics/"
 
 # ----------------------------------------------------------------------------- network order
-
-_BLOCK = re.compile(r"stage(\d+)_block(s|\d+)$")
-_CONV = re.compile(r"conv(\d+)$")
-
-
-def _module_key(name: str):
-    """Top-level modules in the order the data flows through them."""
-    if name.startswith("stem"):
-        return (0, 0, 0, name)
-    m = _BLOCK.match(name)
-    if m:  # stage{i}_blocks (scanned) holds blocks 2..n: it comes right after stage{i}_block1
-        return (1, int(m.group(1)), 2 if m.group(2) == "s" else int(m.group(2)), name)
-    return (2 if name != "fc" else 3, 0, 0, name)  # final_bn, then the classifier
-
-
-def _layer_key(name: str):
-    """Layers inside a block: conv1, conv2, conv3, then the projection shortcut."""
-    m = _CONV.match(name)
-    return (0, int(m.group(1))) if m else (1, 0)
-
-
-def _block_name(name: str, index: int | None) -> str:
-    if index is None:
-        return name
-    return re.sub(r"_blocks$", f"_block{index + 2}", name)
+# The order is the model's (models.network_order: the order a forward pass calls the modules, and
+# the net's own statement of its blocks and of how a scanned module stacks them), never read off
+# module names: any family, block type or normalisation gives the right lists.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,50 +71,23 @@ class Entry:
         return Entry(self.name, self.path + keys, self.index)
 
 
-def _stack_size(module_tree) -> int:
-    leaf = jax.tree_util.tree_leaves(module_tree)[0]
-    return int(leaf.shape[0])
+def kernel_entries(order: models.NetworkOrder) -> list[Entry]:
+    """Every conv / dense kernel in network order (paths into params or grads)."""
+    return [Entry(k.name, k.path + ("kernel",), k.index) for k in order.kernels]
 
 
-def _expand(tree, name: str) -> list[tuple[str, tuple, int | None]]:
-    """(block name, path, stacked index) of the block(s) of one top-level module."""
-    if name.endswith("_blocks"):
-        return [(_block_name(name, i), (name,), i) for i in range(_stack_size(tree[name]))]
-    return [(name, (name,), None)]
+def block_entries(order: models.NetworkOrder) -> list[Entry]:
+    """Every block in network order (path to the block's sown values)."""
+    return [Entry(b.name, b.path, b.index) for b in order.blocks]
 
 
-def _blocks(tree) -> list[tuple[str, tuple, int | None]]:
-    """(block name, path, stacked index) of every block of a params or intermediates tree, in order."""
-    return [b for name in sorted((k for k in tree if _BLOCK.match(k)), key=_module_key) for b in _expand(tree, name)]
-
-
-def kernel_entries(params) -> list[Entry]:
-    """Every conv / dense kernel in network order (works on arrays or ShapeDtypeStructs)."""
-    entries = []
-    for name in sorted(params, key=_module_key):
-        if not _BLOCK.match(name):
-            if "kernel" in params[name]:
-                entries.append(Entry(name, (name, "kernel")))
-            continue
-        module = params[name]
-        for block, path, index in _expand(params, name):
-            for layer in sorted((k for k in module if "kernel" in module[k]), key=_layer_key):
-                entries.append(Entry(f"{block}/{layer}", path + (layer, "kernel"), index))
-    return entries
-
-
-def response_entries(intermediates) -> list[Entry]:
+def response_entries(intermediates, order: models.NetworkOrder) -> list[Entry]:
     """Every sown layer response in network order: the stem's (if sown), then each block's layers."""
     entries = [Entry("stem", ("stem_response", 0))] if "stem_response" in intermediates else []
-    for block, path, index in _blocks(intermediates):
-        for i in range(len(intermediates[path[0]]["response"])):
-            entries.append(Entry(f"{block}/conv{i + 1}", path + ("response", i), index))
+    for block in block_entries(order):
+        for i in range(len(intermediates[block.path[0]].get("response", ()))):
+            entries.append(Entry(f"{block.name}/conv{i + 1}", block.path + ("response", i), block.index))
     return entries
-
-
-def block_entries(intermediates) -> list[Entry]:
-    """Every block in network order (path to the block's sown values)."""
-    return [Entry(block, path, index) for block, path, index in _blocks(intermediates)]
 
 
 # ----------------------------------------------------------------------------- the measurements
@@ -156,9 +110,9 @@ def branch_ratio(branch, shortcut) -> jax.Array:
 def forward_diagnostics(model, variables, images) -> dict:
     """Response stds [layers] and branch ratios [blocks] from one eval-mode forward pass."""
     _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
-    inter = state["intermediates"]
-    blocks = block_entries(inter)
-    out = {"response_std": jnp.stack([response_std(e.get(inter)) for e in response_entries(inter)])}
+    inter, order = state["intermediates"], models.network_order(model, images.shape)
+    blocks = block_entries(order)
+    out = {"response_std": jnp.stack([response_std(e.get(inter)) for e in response_entries(inter, order)])}
     if blocks and "branch" in inter[blocks[0].path[0]]:
         out["branch_ratio"] = jnp.stack(
             [branch_ratio(e.sub("branch", 0).get(inter), e.sub("shortcut", 0).get(inter)) for e in blocks])
@@ -171,9 +125,9 @@ def response_moments(model, variables, images) -> dict:
     compute, in a form that batches of images combine exactly (average over batches, then
     std = sqrt(E[x^2] - E[x]^2) and ratio = sqrt(E[F^2] / E[x^2]))."""
     _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
-    inter = state["intermediates"]
-    responses = [e.get(inter).astype(jnp.float32) for e in response_entries(inter)]
-    blocks = block_entries(inter)
+    inter, order = state["intermediates"], models.network_order(model, images.shape)
+    responses = [e.get(inter).astype(jnp.float32) for e in response_entries(inter, order)]
+    blocks = block_entries(order)
     out = {"mean": jnp.stack([jnp.mean(r) for r in responses]),
            "mean_square": jnp.stack([jnp.mean(jnp.square(r)) for r in responses])}
     if blocks and "branch" in inter[blocks[0].path[0]]:
@@ -194,8 +148,8 @@ def branch_ratios(model, variables, images) -> jax.Array:
 
 
 def loss_gradients(model, params, batch_stats, images, labels, train: bool = True):
-    """d(mean cross-entropy)/d(params) on one batch; BN in training mode (batch statistics) by default
-    (and dropout, if the net has it, with a fixed key: the same mask at every measurement)."""
+    """d(mean cross-entropy)/d(params) on one batch; BN in training mode (batch statistics) by default,
+    and dropout (if the net has any) with one fixed mask, so that the measurement is repeatable."""
 
     def loss_fn(p):
         variables = {"params": p, "batch_stats": batch_stats}
@@ -212,7 +166,7 @@ def loss_gradients(model, params, batch_stats, images, labels, train: bool = Tru
 def gradient_norms(model, params, batch_stats, images, labels, train: bool = True) -> tuple[jax.Array, jax.Array]:
     """(||dL/dW||, ||W||) of every conv / dense kernel in network order (``kernel_entries``)."""
     grads = loss_gradients(model, params, batch_stats, images, labels, train)
-    entries = kernel_entries(params)
+    entries = kernel_entries(models.network_order(model, images.shape))
     norm = lambda a: jnp.sqrt(jnp.sum(jnp.square(a.astype(jnp.float32))))
     return (jnp.stack([norm(e.get(grads)) for e in entries]), jnp.stack([norm(e.get(params)) for e in entries]))
 
@@ -223,10 +177,10 @@ def layer_names(model, input_shape=(1, 32, 32, 3)) -> dict[str, list[str]]:
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     _, state = jax.eval_shape(
         lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]), variables, x)
-    inter = state["intermediates"]
-    return {"grad": [e.name for e in kernel_entries(variables["params"])],
-            "response": [e.name for e in response_entries(inter)],
-            "block": [e.name for e in block_entries(inter)]}
+    inter, order = state["intermediates"], models.network_order(model, input_shape)
+    return {"grad": [e.name for e in kernel_entries(order)],
+            "response": [e.name for e in response_entries(inter, order)],
+            "block": [e.name for e in block_entries(order)]}
 
 
 # ----------------------------------------------------------------------------- in the training loop

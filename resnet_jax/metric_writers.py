@@ -66,7 +66,12 @@ def wandb_mode(configured: str | None) -> str:
 
 def wandb_tags(config) -> list[str]:
     m = config.model
-    tags = [f"depth={m.depth}", "residual" if m.residual else "plain", f"shortcut={m.shortcut}", config.dataset]
+    tags = [f"depth={m.depth}", "residual" if m.residual else "plain", f"shortcut={m.shortcut}", config.dataset,
+            f"family={m.family}"]
+    if m.get("widen_factor"):
+        tags.append(f"width={m.widen_factor}")
+    if m.get("norm") and m.norm != "batch":
+        tags.append(f"norm={m.norm}")
     return tags + [t for t in config.wandb.tags if t not in tags]
 
 

@@ -17,11 +17,12 @@ PAPER_COLORS = {20: "#e8b400", 32: "#17becf", 44: "#2ca02c", 56: "#d62728", 110:
 OTHER_COLORS = ["#1f77b4", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#393b79", "#637939"]
 
 
-def depth_colors(depths: Sequence[int | None]) -> dict:
-    """One colour per depth, the paper's where it has one."""
+def depth_colors(sizes: Sequence) -> dict:
+    """One colour per net size: a depth (the paper's colour where it has one), or (depth, k) of a WRN-d-k."""
     colors, spare = {}, iter(OTHER_COLORS * 4)
-    for d in sorted({d for d in depths if d is not None}):
-        colors[d] = PAPER_COLORS.get(d) or next(spare)
+    order = lambda size: size if isinstance(size, tuple) else (size, 0)
+    for size in sorted({s for s in sizes if s is not None}, key=order):
+        colors[size] = (PAPER_COLORS.get(size) if not isinstance(size, tuple) else None) or next(spare)
     colors[None] = "#555555"
     return colors
 

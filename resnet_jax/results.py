@@ -20,6 +20,8 @@ from typing import Any, Iterable, Sequence
 from resnet_jax import run_dir
 from resnet_jax.metric_writers import has_wandb_api_key
 
+NORM_SUFFIX = {"batch": "", "group": "-gn", "none": "-nobn"}  # as the configs name runs
+
 
 @dataclasses.dataclass
 class Run:
@@ -37,15 +39,33 @@ class Run:
     config: dict = dataclasses.field(default_factory=dict)
 
     @property
+    def model(self) -> dict:
+        return self.config.get("model") or {}
+
+    @property
+    def width(self) -> int:
+        """The widen factor k of a WRN-d-k (0: not a WRN)."""
+        return int(self.model.get("widen_factor") or 0) if self.model.get("family") == "wrn" else 0
+
+    @property
     def kind(self) -> str:
         if self.residual is None:
             return "?"
+        if self.width:
+            return "wrn" if self.residual else "plain-wrn"
         return ("preact-resnet" if self.preact else "resnet") if self.residual else "plain"
 
     @property
     def net(self) -> str:
-        """What was trained, e.g. plain-56 (may differ from `name` when the depth was overridden)."""
-        return f"{self.kind}-{self.depth if self.depth is not None else '?'}"
+        """What was trained, e.g. plain-56, wrn-16-8, plain-20-nobn (may differ from `name` when a
+        field was overridden)."""
+        net = f"{self.kind}-{self.depth if self.depth is not None else '?'}" + (f"-{self.width}" if self.width else "")
+        return net + NORM_SUFFIX.get(self.model.get("norm") or "batch", "-" + str(self.model.get("norm")))
+
+    @property
+    def size(self) -> int | tuple | None:
+        """What tells nets of one kind apart, for colours: the depth, or (depth, k) for WRN-d-k."""
+        return (self.depth, self.width) if self.width else self.depth
 
     @property
     def steps_done(self) -> int:
@@ -87,8 +107,8 @@ class Run:
         return float(value) if value else None
 
     def sort_key(self):
-        order = {"plain": 0, "resnet": 1, "preact-resnet": 2}.get(self.kind, 3)
-        return order, self.depth if self.depth is not None else 1 << 30, self.name
+        order = {"plain": 0, "resnet": 1, "preact-resnet": 2, "plain-wrn": 3, "wrn": 4}.get(self.kind, 5)
+        return order, self.depth if self.depth is not None else 1 << 30, self.width, self.name
 
 
 def net_fields(config: dict, name: str = "") -> tuple[int | None, bool | None, bool]:

@@ -1,4 +1,5 @@
 """Diagnostics: layer responses (Fig. 7), gradient flow, residual-branch ratios; their logging and plots."""
+import dataclasses
 import functools
 import json
 import subprocess
@@ -356,3 +357,137 @@ def test_gradient_flow_from_wandb_rows():
     np.testing.assert_array_equal(runs[0].values(10, "grad_norm"), [1.0, 2.0])  # the last one (fc) left out
     fig = pgf.plot(runs, [0, 10], ["grad_norm", "branch_ratio"])
     assert len(fig.axes) == 4
+
+
+# ----------------------------------------------------------------------------- other families, blocks and norms
+
+
+def direct_no_bn_depth8(v, x, residual):
+    """A depth-8 net without normalisation by hand: conv + bias everywhere; (response stds, branch ratios)."""
+    p = v["params"]
+    conv = lambda x, c, st: jax.lax.conv_general_dilated(x, c["kernel"], (st, st), [(1, 1), (1, 1)],
+                                                         dimension_numbers=_NHWC) + c["bias"]
+    r = conv(x, p["stem_conv"], 1)
+    responses, ratios, h = [r], [], jax.nn.relu(r)
+    for i, (width, stride) in enumerate([(16, 1), (32, 2), (64, 2)], 1):
+        blk = p[f"stage{i}_block1"]
+        r1 = conv(h, blk["conv1"], stride)
+        r2 = conv(jax.nn.relu(r1), blk["conv2"], 1)
+        responses += [r1, r2]
+        sc = h[:, ::stride, ::stride, :]
+        sc = jnp.pad(sc, ((0, 0), (0, 0), (0, 0), (0, width - sc.shape[-1])))
+        ratios.append(jnp.linalg.norm(r2.ravel()) / jnp.linalg.norm(sc.ravel()))
+        h = jax.nn.relu(r2 + sc if residual else r2)
+    return np.array([np.std(np.asarray(r)) for r in responses]), np.array(ratios)
+
+
+def direct_wrn10(v, x, residual):
+    """WRN-10-2 (one wide block per group) by hand, BN with running statistics: (response stds, branch ratios)."""
+    p, s = v["params"], v["batch_stats"]
+    conv = lambda x, w, st, pad=1: jax.lax.conv_general_dilated(x, w, (st, st), [(pad, pad)] * 2, dimension_numbers=_NHWC)
+    bn = lambda x, ps, ss: (x - ss["mean"]) / jnp.sqrt(ss["var"] + 1e-5) * ps["scale"] + ps["bias"]
+    h = conv(x, p["stem_conv"]["kernel"], 1)  # no BN'd stem: the first block starts with BN-ReLU
+    responses, ratios = [], []
+    for i, (width, stride) in enumerate([(32, 1), (64, 2), (128, 2)], 1):
+        bp, bs = p[f"stage{i}_block1"], s[f"stage{i}_block1"]
+        a = jax.nn.relu(bn(h, bp["bn1"], bs["bn1"]))
+        r1 = conv(a, bp["conv1"]["kernel"], stride)
+        r2 = conv(jax.nn.relu(bn(r1, bp["bn2"], bs["bn2"])), bp["conv2"]["kernel"], 1)
+        responses += [r1, r2]
+        if residual:  # 1x1 projection of the pre-activated input: every group changes the shape
+            sc = conv(a, bp["proj_conv"]["kernel"], stride, pad=0)
+        else:  # the parameter-free reference: subsample + zero-pad
+            sc = jnp.pad(h[:, ::stride, ::stride, :], ((0, 0), (0, 0), (0, 0), (0, width - h.shape[-1])))
+        ratios.append(jnp.linalg.norm(r2.ravel()) / jnp.linalg.norm(sc.ravel()))
+        h = r2 + sc if residual else r2
+    return np.array([np.std(np.asarray(r)) for r in responses]), np.array(ratios)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_wrn_and_no_bn_nets_match_a_direct_computation(residual):
+    x = images()
+    for model, direct in [(models.create_model("cifar", depth=8, residual=residual, norm="none"), direct_no_bn_depth8),
+                          (models.create_model("wrn", depth=10, widen_factor=2, residual=residual), direct_wrn10)]:
+        v = randomized(model)  # random BN statistics and affine parameters, or conv biases without BN
+        stds, ratios = direct(v, x, residual)
+        np.testing.assert_allclose(jitted(D.layer_responses, model)(v, x), stds, rtol=2e-4)
+        np.testing.assert_allclose(jitted(D.branch_ratios, model)(v, x), ratios, rtol=2e-4)
+        m = jitted(D.response_moments, model)(v, x)
+        np.testing.assert_allclose(np.sqrt(m["branch_mean_square"] / m["shortcut_mean_square"]), ratios, rtol=2e-4)
+    names = D.layer_names(models.create_model("wrn", depth=10, widen_factor=2, residual=residual))
+    assert names["response"] == [f"stage{i}_block1/conv{c}" for i in (1, 2, 3) for c in (1, 2)]
+    assert names["grad"] == ["stem_conv"] + [f"stage{i}_block1/{c}" for i in (1, 2, 3)
+                                             for c in ("conv1", "conv2") + (("proj_conv",) if residual else ())] + ["fc"]
+    no_bn = D.layer_names(models.create_model("cifar", depth=8, residual=residual, norm="none"))
+    assert no_bn == D.layer_names(models.create_model("cifar", depth=8, residual=residual))  # BN adds no layers
+
+
+def test_gradient_norms_of_a_scanned_wrn_with_dropout():
+    x, labels = images(), jnp.array([0, 3, 5, 9])
+    model = models.create_model("wrn", depth=16, widen_factor=2, dropout_rate=0.3, scan=True)
+    v = randomized(model)
+    grad, weight = jitted(D.gradient_norms, model)(v["params"], v["batch_stats"], x, labels)
+
+    def loss(p):  # the same fixed dropout mask as the diagnostics
+        logits, _ = model.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
+                                mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+
+    g = jax.jit(jax.grad(loss))(v["params"])
+    expected = [("stem_conv", ("stem_conv",), None)]
+    for i in (1, 2, 3):
+        expected += [(f"stage{i}_block1/{c}", (f"stage{i}_block1", c), None) for c in ("conv1", "conv2", "proj_conv")]
+        expected += [(f"stage{i}_block2/{c}", (f"stage{i}_blocks", c), 0) for c in ("conv1", "conv2")]
+    expected.append(("fc", ("fc",), None))
+    assert D.layer_names(model)["grad"] == [n for n, _, _ in expected]
+    pick = lambda tree, path, index: (lambda a: a if index is None else a[index])(
+        functools.reduce(lambda t, k: t[k], path, tree)["kernel"])
+    np.testing.assert_allclose(grad, [np.linalg.norm(pick(g, p, i)) for _, p, i in expected], rtol=1e-4)
+    np.testing.assert_allclose(weight, [np.linalg.norm(pick(v["params"], p, i)) for _, p, i in expected], rtol=1e-5)
+    assert D.layer_names(model)["block"] == [f"stage{i}_block{b}" for i in (1, 2, 3) for b in (1, 2)]
+
+
+def test_diagnostics_of_a_net_without_batch_stats():
+    from types import SimpleNamespace
+
+    model = models.create_model("cifar", depth=8, residual=False, norm="none")
+    v = model.init(jax.random.key(0), images(), train=False)
+    assert set(v) == {"params"}
+    batch = D.DiagnosticsBatch(images(8, seed=2), jnp.arange(8) % 10, images(8, seed=3))
+    out = jax.jit(lambda p: D.diagnostics(SimpleNamespace(params=p, batch_stats={}), batch, model=model))(v["params"])
+    rec = D.record(out, D.layer_names(model))
+    assert len(rec["diagnostics/grad_norm"]) == 8 and len(rec["diagnostics/response_std"]) == 7
+    assert len(rec["diagnostics/branch_ratio"]) == 3 and all(np.isfinite(rec["diagnostics/grad_norm"]))
+    # zero-initialised residual branches without BN (the last conv of each branch) are the identity
+    zero = models.create_model("cifar", depth=8, norm="none", zero_init_residual=True)
+    vz = zero.init(jax.random.key(0), images(), train=False)
+    np.testing.assert_array_equal(jitted(D.branch_ratios, zero)(vz, images()), 0.0)
+    wrn = models.create_model("wrn", depth=10, widen_factor=2, zero_init_residual=True)
+    np.testing.assert_array_equal(jitted(D.branch_ratios, wrn)(wrn.init(jax.random.key(0), images()), images()), 0.0)
+
+
+class NumberedBlocks(models.CifarResNet):
+    """The CIFAR net with its blocks named block1, block2, ... block15 across stages: names that sort
+    wrongly as strings and carry no stage, so only a stated order can get the lists right."""
+
+    def block_modules(self):
+        modules = super().block_modules()
+        return tuple(dataclasses.replace(m, name=f"block{k}", blocks=(f"block{k}",)) for k, m in enumerate(modules, 1))
+
+
+def test_network_order_does_not_depend_on_module_names():
+    x, labels = images(), jnp.array([0, 3, 5, 9])
+    standard = models.create_model("cifar", depth=32, scan=False)
+    numbered = NumberedBlocks(depth=32, scan=False)
+    v = randomized(standard)
+    renames = {m.name: f"block{k}" for k, m in enumerate(standard.block_modules(), 1)}
+    vn = {col: {renames.get(k, k): c for k, c in tree.items()} for col, tree in v.items()}
+    names = D.layer_names(numbered)
+    assert names["block"] == [f"block{k}" for k in range(1, 16)]
+    assert names["grad"][:4] == ["stem_conv", "block1/conv1", "block1/conv2", "block2/conv1"]
+    assert names["grad"][-3:] == ["block15/conv1", "block15/conv2", "fc"]
+    for fn in (D.layer_responses, D.branch_ratios):
+        np.testing.assert_allclose(jitted(fn, numbered)(vn, x), jitted(fn, standard)(v, x), rtol=1e-5)
+    grad_n = jitted(D.gradient_norms, numbered)(vn["params"], vn["batch_stats"], x, labels)
+    grad_s = jitted(D.gradient_norms, standard)(v["params"], v["batch_stats"], x, labels)
+    np.testing.assert_allclose(grad_n, grad_s, rtol=1e-4)
