@@ -78,8 +78,8 @@ PEAK_TFLOPS = (
     ("A10", (125.0, 62.5)),
     ("V100", (125.0, 15.7)),
     ("TPU v6", (918.0, 918.0)),
-    ("TPU v5p", (459.0, 459.0)),
-    ("TPU v5", (197.0, 197.0)),  # v5e / v5 lite
+    ("TPU v5 lite", (197.0, 197.0)),  # v5e reports "TPU v5 lite"
+    ("TPU v5", (459.0, 459.0)),  # v5p reports "TPU v5" (or "TPU v5p")
     ("TPU v4", (275.0, 275.0)),
 )
 
@@ -107,7 +107,8 @@ def parse_model(name: str) -> dict:
     return fields
 
 
-def make_config(name: str, batch_size: int, dtype: str = "float32", scan: bool | None = None):
+def make_config(name: str, batch_size: int, dtype: str = "float32", scan: bool | None = None,
+                canonical_conv_grad: bool | None = None):
     f = parse_model(name)
     family = "imagenet" if f.pop("imagenet", False) else "cifar10"
     arg = ",".join(f"{k}={v}" for k, v in f.items())
@@ -115,7 +116,26 @@ def make_config(name: str, batch_size: int, dtype: str = "float32", scan: bool |
     config.batch_size = batch_size
     config.model.dtype = dtype
     config.model.scan = scan
+    config.model.canonical_conv_grad = canonical_conv_grad  # None: the model's default (on for CPU only)
     return config
+
+
+def num_classes(config) -> int:
+    return 1000 if input_pipeline.is_streamed(config.dataset) else 10
+
+
+def benchmark_model(name: str, dtype: str = "float32", scan: bool | None = None,
+                    canonical_conv_grad: bool | None = None):
+    """The model `benchmark` times for `name` (for MACs and block counts without running anything)."""
+    config = make_config(name, 8, dtype, scan, canonical_conv_grad)
+    return train.make_model(config, num_classes(config))
+
+
+def uses_canonical_conv_grad(model) -> bool:
+    """Whether `model` runs the canonical conv VJP (its None default means: on the CPU backend only)."""
+    if model.canonical_conv_grad is None:
+        return jax.default_backend() == "cpu"
+    return bool(model.canonical_conv_grad)
 
 
 def random_device_data(mesh, num_examples: int, seed: int = 0) -> input_pipeline.DeviceData:
@@ -205,13 +225,14 @@ def peak_tflops(device, dtype: str, given: float | None) -> tuple[float | None, 
 
 
 @functools.lru_cache(maxsize=4)
-def _setup(name: str, batch_size: int, dtype: str, scan: bool | None, devices: tuple, num_examples: int):
+def _setup(name: str, batch_size: int, dtype: str, scan: bool | None, devices: tuple, num_examples: int,
+           canonical_conv_grad: bool | None = None):
     """Config, model, optimizer, mesh, data on the devices and the jitted init of one net (shared by
     the configurations that differ only in replicas, so init compiles once)."""
     mesh = train.make_mesh(list(devices))
-    config = make_config(name, batch_size, dtype, scan)
+    config = make_config(name, batch_size, dtype, scan, canonical_conv_grad)
     train.validate_config(config, mesh.size)
-    classes = 1000 if input_pipeline.is_streamed(config.dataset) else 10
+    classes = num_classes(config)
     model = train.make_model(config, classes)
     tx = train.make_optimizer(config)
     if input_pipeline.is_streamed(config.dataset):
@@ -226,9 +247,10 @@ def _setup(name: str, batch_size: int, dtype: str, scan: bool | None, devices: t
 def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int = 10, warmup: int = 3,
               devices=None, num_examples: int = 50_000, replicas: int = 1, pack: str = "vmap",
               scan: bool | None = None, peak: float | None = None, with_eval: bool = False,
-              sync: tuple[str, int] | None = None) -> dict:
+              sync: tuple[str, int] | None = None, canonical_conv_grad: bool | None = None) -> dict:
     devices = list(devices or jax.devices())
-    config, model, tx, mesh, data, init = _setup(name, batch_size, dtype, scan, tuple(devices), num_examples)
+    config, model, tx, mesh, data, init = _setup(name, batch_size, dtype, scan, tuple(devices), num_examples,
+                                                 canonical_conv_grad)
     replicated = NamedSharding(mesh, P())
     if input_pipeline.is_streamed(config.dataset) and (replicas > 1 or with_eval):
         raise ValueError(f"{name}: --replicas and --eval are for CIFAR nets")
@@ -287,7 +309,7 @@ def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int 
     result = {
         "model": name, "batch_size": batch_size, "dtype": dtype, "replicas": replicas,
         "pack": pack if replicas > 1 else None,
-        "scan": model.use_scan, "devices": len(devices), "platform": device.platform,
+        "scan": model.use_scan, "canonical_conv_grad": uses_canonical_conv_grad(model), "devices": len(devices), "platform": device.platform,
         "device_kind": device.device_kind, "host": train.host_description(),
         "step_s": step_s, "step_s_min": min(times) if times else None, "step_s_max": max(times) if times else None,
         "steps_timed": len(times), "img_per_s": images / step_s if step_s else None,
@@ -383,6 +405,16 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def use_compilation_cache(folder: str) -> None:
+    """Every compile through `folder` as a persistent cache ('' = off, so compile times are cold)."""
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    else:
+        jax.config.update("jax_enable_compilation_cache", False)
+
+
 def _csv(kind):
     return lambda text: [kind(x) for x in text.split(",") if x]
 
@@ -396,6 +428,8 @@ def main(argv=None) -> int:
     p.add_argument("--pack", choices=("vmap", "unroll"), default="vmap",
                    help="how K > 1 runs share the program: vmapped (grouped convs) or side by side")
     p.add_argument("--scan", choices=("auto", "true", "false"), default="auto", help="nn.scan over blocks")
+    p.add_argument("--canonical_conv_grad", choices=("auto", "true", "false"), default="auto",
+                   help="the model's canonical conv VJP (auto: on for the CPU backend only)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (0: compile only)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
     p.add_argument("--devices", type=int, default=0, help="use the first N devices (0: all)")
@@ -408,14 +442,10 @@ def main(argv=None) -> int:
                    "(benchmarks/sweep_time.py --concurrent)")
     args = p.parse_args(argv)
 
-    if args.compilation_cache:
-        os.makedirs(args.compilation_cache, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    else:
-        jax.config.update("jax_enable_compilation_cache", False)
+    use_compilation_cache(args.compilation_cache)
     devices = jax.devices()[:args.devices] if args.devices else jax.devices()
     scan = {"auto": None, "true": True, "false": False}[args.scan]
+    canonical = {"auto": None, "true": True, "false": False}[args.canonical_conv_grad]
     sync = (args.sync.rsplit(":", 1)[0], int(args.sync.rsplit(":", 1)[1])) if args.sync else None
     results = []
     for name in args.model:
@@ -424,7 +454,8 @@ def main(argv=None) -> int:
                 for k in args.replicas:
                     r = benchmark(name, batch, dtype, steps=args.steps, warmup=args.warmup, devices=devices,
                                   num_examples=args.num_examples, replicas=k, pack=args.pack, scan=scan,
-                                  peak=args.peak_tflops, with_eval=args.eval, sync=sync)
+                                  peak=args.peak_tflops, with_eval=args.eval, sync=sync,
+                                  canonical_conv_grad=canonical)
                     results.append(r)
                     if args.json:
                         print(json.dumps(r), flush=True)

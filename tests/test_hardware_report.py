@@ -1,0 +1,301 @@
+"""benchmarks/hardware_report.py: the peak table, the budget planner (fake probes, nothing runs), the
+executor's timeouts, the recommendations, and one real short CPU run (structure and budget only:
+no timing value is asserted, the machine is shared and noisy)."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmarks import hardware_report as hr
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def cifar_net(depth: int, scan: bool = False) -> dict:
+    n = (depth - 2) // 6
+    return {"macs": 4_500_000 * 3 * n, "stages": [n, n, n], "blocks": 3 * n, "convs_per_block": 2,
+            "auto_scan": scan, "imagenet": False}
+
+
+def imagenet_net(stages, macs, bottleneck) -> dict:
+    return {"macs": macs, "stages": list(stages), "blocks": sum(stages), "convs_per_block": 3 if bottleneck else 2,
+            "auto_scan": False, "imagenet": True}
+
+
+NETS = {**{f"{kind}{d}": cifar_net(d, scan=sum([(d - 2) // 6] * 3) > 30)
+           for kind in ("resnet", "plain") for d in (20, 32, 44, 56, 110, 1202)},
+        "resnet18": imagenet_net((2, 2, 2, 2), 1_800_000_000, False),
+        "resnet34": imagenet_net((3, 4, 6, 3), 3_600_000_000, False),
+        "resnet50": imagenet_net((3, 4, 6, 3), 3_900_000_000, True)}
+
+
+def fake_probe(platform="cpu", cpu_count=2, step_s=1.0, compile_s=5.0, init_s=4.0, overhead_s=5.0):
+    kind = {"cpu": "cpu", "gpu": "NVIDIA H100 80GB HBM3", "tpu": "TPU v5 lite"}[platform]
+    return hr.Probe(platform=platform, device_kind=kind, devices=1, cpu_count=cpu_count, overhead_s=overhead_s,
+                    init_s=init_s, compile_s=compile_s, step_s=step_s, batch_size=128, nets=NETS)
+
+
+def settings(**kw):
+    return hr.Settings(**kw)
+
+
+PROBE_DONE = frozenset({hr.step_key("resnet20", "float32", 128)})
+
+
+def cases_for(probe, s=None):
+    s = s or settings()
+    return [c for c in hr.build_cases(s, probe) if c.key not in PROBE_DONE]
+
+
+# ----------------------------------------------------------------------------- peaks
+
+
+@pytest.mark.parametrize("kind,dtype,peak", [
+    ("NVIDIA H200", "bfloat16", 989.4), ("NVIDIA H200", "float32", 67.0),
+    ("NVIDIA H100 80GB HBM3", "bfloat16", 989.4), ("NVIDIA H100 80GB HBM3", "float32", 67.0),
+    ("NVIDIA H100 PCIe", "bfloat16", 756.5), ("NVIDIA H200 NVL", "bfloat16", 835.5),
+    ("NVIDIA A100-SXM4-80GB", "bfloat16", 312.0), ("NVIDIA L4", "float32", 30.3),
+    ("TPU v5 lite", "bfloat16", 197.0), ("TPU v5", "bfloat16", 459.0), ("TPU v4", "float32", 275.0),
+])
+def test_peak_table_lookup(kind, dtype, peak):
+    value, source = hr.device_peak("gpu" if "NVIDIA" in kind else "tpu", kind, dtype, {})
+    assert value == peak and source
+
+
+def test_peaks_tf32_cpu_given_and_unknown():
+    assert hr.f32_default_peak("gpu", "NVIDIA H200") == 494.7  # XLA's float32 convs run as TF32 by default
+    assert hr.device_peak("cpu", "cpu", "float32", {"float32": 0.2})[0] == 0.2
+    assert hr.device_peak("gpu", "NVIDIA H200", "float32", {}, given=100.0)[0] == 100.0
+    value, source = hr.device_peak("gpu", "Some New GPU", "bfloat16", {})
+    assert value is None and "--peak_tflops" in source
+    assert hr.device_peak("gpu", "NVIDIA A10G", "bfloat16", {})[0] is None  # not the A10's numbers
+
+
+# ----------------------------------------------------------------------------- planner
+
+
+def test_plan_on_cpu_skips_what_this_backend_cannot_run_with_reasons():
+    probe = fake_probe("cpu", cpu_count=2)
+    plan = hr.plan(cases_for(probe), probe, settings(), time_left_s=1e9, done=PROBE_DONE)
+    reasons = {c.key: r for c, r in plan.skipped}
+    picked = {c.key for c, _ in plan.picked}
+    assert "GPU/TPU only" in reasons["step/resnet50/bfloat16/b256"]
+    assert "2-core CPU" in reasons["concurrent/resnet20/K4"] and "concurrent/resnet20/K2" in picked
+    assert "step/resnet18/float32/b16" in picked and "input_pipeline" in picked
+    assert {"compile/resnet20", "compile/resnet1202", "vmap/resnet56/K8"} <= picked
+    assert "step/resnet110/float32/b128/vjp-off" in picked  # VJP off on CPU (its default is on)
+    assert "step/resnet110/float32/b128/unrolled" in picked and "step/resnet56/float32/b128/scan" in picked
+
+
+def test_plan_on_gpu_picks_bf16_imagenet_and_big_k():
+    probe = fake_probe("gpu", cpu_count=16, step_s=0.01, compile_s=10.0)
+    plan = hr.plan(cases_for(probe), probe, settings(), time_left_s=1e9, done=PROBE_DONE)
+    picked = {c.key for c, _ in plan.picked}
+    reasons = {c.key: r for c, r in plan.skipped}
+    assert {"step/resnet50/bfloat16/b256", "step/resnet34/bfloat16/b256", "concurrent/resnet56/K8",
+            "vmap/resnet20/K8", "step/resnet110/float32/b128/vjp-on"} <= picked  # VJP is off by default on GPU
+    assert set(reasons) == {"step/resnet18/float32/b16"} and "CPU only" in reasons["step/resnet18/float32/b16"]
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu", "tpu"])
+@pytest.mark.parametrize("budget", [0, 10, 30, 60, 120, 300, 480, 1000, 5000])
+def test_plan_never_exceeds_the_budget(platform, budget):
+    probe = fake_probe(platform, cpu_count=2 if platform == "cpu" else 16)
+    plan = hr.plan(cases_for(probe), probe, settings(), time_left_s=budget, done=PROBE_DONE)
+    assert plan.estimated_s <= budget
+    assert len(plan.picked) + len(plan.skipped) == len(cases_for(probe))
+    for case, reason in plan.skipped:
+        assert reason, case.key
+    keys = [c.key for c in cases_for(probe)]
+    assert [c.key for c, _ in plan.picked] == [k for k in keys if k in {c.key for c, _ in plan.picked}]  # order kept
+
+
+def test_plan_with_a_short_budget_skips_by_estimate_and_dependents_say_why():
+    probe = fake_probe("cpu")
+    cases = cases_for(probe)
+    budget = hr.estimate_s(cases[0], probe, settings()) + 1  # room for the first case only
+    plan = hr.plan(cases, probe, settings(), time_left_s=budget, done=PROBE_DONE)
+    assert [c.key for c, _ in plan.picked][:1] == [cases[0].key]
+    reasons = {c.key: r for c, r in plan.skipped}
+    assert "budget left" in reasons["step/plain56/float32/b128"]
+    nothing = hr.plan(cases, probe, settings(), time_left_s=1, done=PROBE_DONE)
+    reasons = {c.key: r for c, r in nothing.skipped}
+    assert not nothing.picked and "budget left" in reasons["step/resnet56/float32/b128"]
+    assert reasons["concurrent/resnet56/K2"].startswith("needs step/resnet56/float32/b128 (skipped: estimated")
+    assert "budget left" in reasons["concurrent/resnet20/K2"]  # its baseline is the probe itself
+
+
+def test_plan_skips_dependents_of_failed_cases_and_uses_corrections():
+    probe = fake_probe("cpu")
+    cases = cases_for(probe)
+    failed = {"step/resnet56/float32/b128": "timeout: killed after 30 s"}
+    remaining = [c for c in cases if c.key not in failed]
+    plan = hr.plan(remaining, probe, settings(), 1e9, done=PROBE_DONE, failed=failed)
+    reasons = {c.key: r for c, r in plan.skipped}
+    assert "timeout" in reasons["step/resnet56/float32/b128/scan"]
+    corrections = hr.Corrections()
+    step = next(c for c in cases if c.kind == "step")
+    corrections.add(step, wall_s=30.0, estimate=10.0)
+    slow = hr.plan(remaining, probe, settings(), 1e9, done=PROBE_DONE, failed=failed, corrections=corrections)
+    est = {c.key: e for c, e in plan.picked}
+    assert all(e == pytest.approx(3 * est[c.key]) for c, e in slow.picked if c.kind == "step")
+
+
+def test_cost_model_knows_the_cpu_slow_paths_and_scan_compile():
+    probe = fake_probe("cpu")
+    s = settings()
+    on = hr.step_case("x", "resnet110", "float32", 128)
+    off = hr.step_case("x", "resnet110", "float32", 128, vjp="false")
+    assert hr.step_estimate(probe, off) == pytest.approx(hr.CPU_SCANNED_WITHOUT_VJP * hr.step_estimate(probe, on))
+    assert hr.compile_scale(probe, "resnet1202", True) == pytest.approx(hr.compile_scale(probe, "resnet110", True))
+    assert hr.compile_scale(probe, "resnet110", False) > hr.compile_scale(probe, "resnet56", False) > 1
+    gpu = fake_probe("gpu", cpu_count=16)
+    assert hr.step_estimate(gpu, off) == hr.step_estimate(gpu, on)  # no CPU slow path on a GPU
+    for case in cases_for(probe):
+        assert hr.estimate_s(case, probe, s) > 0
+
+
+# ----------------------------------------------------------------------------- executor
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_execute_respects_the_deadline_and_records_failures():
+    """Cases run 2x slower than estimated, one crashes, one hangs: every timeout ends by the deadline,
+    the crash and the hang are recorded, and what is left is skipped with a reason."""
+    probe, s = fake_probe("cpu"), settings()
+    clock, budget = FakeClock(), 400.0
+    timeouts = []
+
+    def runner(case, timeout):
+        timeouts.append((clock.t, timeout))
+        if case.key == "concurrent/resnet20/K2":
+            raise RuntimeError("boom")
+        true_s = 1e6 if case.key == "compile/resnet20" else 2 * hr.estimate_s(case, probe, s)
+        clock.t += min(true_s, timeout)
+        return hr.Outcome("ok", {}) if true_s <= timeout else hr.Outcome("timeout", reason="killed")
+
+    ex = hr.execute(cases_for(probe), probe, s, deadline=budget, run_case=runner, done=PROBE_DONE, now=clock)
+    assert clock.t <= budget
+    assert all(start + t <= budget + 1e-9 for start, t in timeouts)
+    status = {r["key"]: r["status"] for r in ex.records}
+    assert status.get("concurrent/resnet20/K2") == "failed"
+    assert "boom" in next(r["reason"] for r in ex.records if r["key"] == "concurrent/resnet20/K2")
+    assert status.get("compile/resnet20") == "timeout"
+    assert ex.skipped and all(x["reason"] for x in ex.skipped)
+    assert ex.initial_plan and hr.step_key("resnet20", "float32", 128) not in status  # the probe is not re-run
+
+
+def test_run_commands_kills_a_hung_process_at_its_timeout(tmp_path):
+    start = time.monotonic()
+    (done,) = hr.run_commands([[sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"]],
+                              timeout_s=2, logdir=str(tmp_path))
+    assert done.timed_out and time.monotonic() - start < 30 and "hi" in done.stdout
+    assert hr.outcome_of([done]).status == "timeout"
+    (bad,) = hr.run_commands([[sys.executable, "-c", "import sys; sys.exit('broken')"]], 30, str(tmp_path))
+    outcome = hr.outcome_of([bad])
+    assert outcome.status == "failed" and "broken" in outcome.reason
+
+
+# ----------------------------------------------------------------------------- derived results
+
+
+def test_scan_recommendation():
+    rec = hr.scan_recommendation
+    assert rec([{"model": "resnet56", "blocks": 27, "verdict": "unrolled"},
+                {"model": "resnet110", "blocks": 54, "verdict": "scan"}], 30)["value"] == 30
+    both_unrolled = rec([{"model": "resnet56", "blocks": 27, "verdict": "unrolled"},
+                         {"model": "resnet110", "blocks": 54, "verdict": "unrolled"}], 30)
+    assert both_unrolled["value"] == 54 and not both_unrolled["agrees_with_current"]
+    assert rec([{"model": "resnet56", "blocks": 27, "verdict": "scan"},
+                {"model": "resnet110", "blocks": 54, "verdict": "scan"}], 30)["value"] == 26
+    assert rec([{"model": "resnet56", "blocks": 27, "verdict": "tie"}], 30)["value"] == 30
+    assert "inconsistent" in rec([{"model": "resnet56", "blocks": 27, "verdict": "scan"},
+                                  {"model": "resnet110", "blocks": 54, "verdict": "unrolled"}], 30)["text"]
+    assert rec([], 30)["value"] is None
+
+
+def test_vjp_recommendation():
+    def pair(model, scan, verdict):
+        return {"model": model, "scan": scan, "ratio_off_over_on": 1.0, "verdict": verdict}
+
+    assert hr.vjp_recommendation([pair("resnet56", False, "on"), pair("resnet110", True, "on")], "cpu")["value"] is True
+    off = hr.vjp_recommendation([pair("resnet56", False, "off"), pair("resnet110", True, "tie")], "gpu")
+    assert off["value"] is False and off["agrees_with_current"]
+    mixed = hr.vjp_recommendation([pair("resnet56", False, "off"), pair("resnet110", True, "on")], "cpu")
+    assert mixed["value"] == "scanned only"
+    assert hr.vjp_recommendation([pair("resnet20", False, "tie")], "gpu")["value"] is False  # the default stays
+
+
+def test_project_step_times_interpolates_in_macs_and_says_so():
+    macs = {n: v["macs"] for n, v in NETS.items()}
+    measured = {"resnet20": 1.0, "resnet56": 3.0, "resnet110": 6.0, "plain56": 2.4}
+    out = hr.project_step_times(measured, macs, hr.FIG6_NETS)
+    assert out["resnet56"] == (3.0, "measured")
+    assert out["resnet32"][0] == pytest.approx(1.0 + (3.0 - 1.0) * (32 - 20) / (56 - 20))
+    assert "interpolated" in out["resnet44"][1]
+    assert out["plain32"][0] == pytest.approx(0.8 * out["resnet32"][0]) and "scaled" in out["plain32"][1]
+    assert hr.project_step_times({}, macs, ["resnet20"])["resnet20"][0] is None
+
+
+def test_fig6_projection_applies_the_packing_gain():
+    steps = [{"model": m, "dtype": "float32", "replicas": 1, "step_s": s, "case": hr.step_key(m, "float32", 128)}
+             for m, s in (("resnet20", 0.01), ("resnet56", 0.02), ("resnet110", 0.04), ("plain56", 0.02))]
+    concurrent = [{"model": "resnet20", "k": 4, "dtype": "float32", "gain": 2.0},
+                  {"model": "resnet56", "k": 4, "dtype": "float32", "gain": 1.5}]
+    f = hr.fig6_projection(steps, NETS, concurrent, measured_batch=128)
+    assert len(f["runs"]) == 9 and f["batch_size"] == 128
+    assert f["best_k"] == 4 and f["best_wall_s"] < f["sequential_wall_s"] == f["wall_s"]["1"]
+
+
+# ----------------------------------------------------------------------------- a real run
+
+
+def test_real_cpu_run_writes_the_report_within_its_budget(tmp_path):
+    """The whole command on this CPU with a 90 s budget and tiny steps: the probe, the packing and
+    input-pipeline sections (their subprocess paths), skips with reasons, JSON + Markdown."""
+    budget = 90
+    out = tmp_path / "report"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.hardware_report", f"--budget_s={budget}", f"--out={out}",
+         "--batch_size=8", "--steps=1", "--warmup=0", "--num_examples=256", "--devices=1",
+         "--sections=packing,input", "--vmap=1,2", "--input_images=32", "--input_batch_size=8",
+         "--input_batches=2", "--note=test run"],
+        cwd=REPO, capture_output=True, text=True, timeout=budget + 120, check=False)
+    took = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert took <= budget + 30, f"{took:.0f} s for a {budget} s budget"
+    report = json.loads((out / "hardware_report.json").read_text())
+    assert {"machine", "peaks", "settings", "probe", "steps", "compile", "packing", "ablation", "fig6",
+            "input_pipeline", "cases", "skipped", "failed", "budget_s", "elapsed_s", "load_avg_before",
+            "load_avg_after", "initial_plan"} <= set(report)
+    assert report["elapsed_s"] <= budget + 10
+    assert report["machine"]["platform"] == "cpu" and report["machine"]["jax"]
+    assert report["packing"]["mps"]["used"] is False
+    assert report["steps"][0]["model"] == "resnet20" and report["steps"][0]["step_s"] > 0
+    assert {"concurrent", "vmap"} <= set(report["packing"])
+    skipped = {s["key"]: s["reason"] for s in report["skipped"]}
+    if os.cpu_count() < 4:
+        assert "cpu" in skipped["concurrent/resnet20/K4"].lower()  # K > cores
+    assert all(skipped.values())
+    for case in report["cases"]:
+        assert case["status"] in ("ok", "failed", "timeout") and case["wall_s"] <= budget
+    markdown = (out / "hardware_report.md").read_text()
+    for heading in ("# Hardware report", "## Training step", "## Fig. 6 sweep wall time", "### Skipped", "load average"):
+        assert heading in markdown
+    assert "| net | batch | dtype |" in markdown
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.hardware_report",
+                           f"--render={out / 'hardware_report.json'}"], cwd=REPO, capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0 and (out / "hardware_report.md").read_text() == markdown
