@@ -165,7 +165,7 @@ class Settings:
     steps: int = 3
     warmup: int = 1
     num_examples: int = 50_000
-    devices: int = 0
+    devices: int = 1
     concurrent: tuple[int, ...] = (1, 2, 4, 8)
     vmap: tuple[int, ...] = (1, 4, 8)
     pack_dtype: str = "float32"
@@ -262,15 +262,19 @@ def probe_worker(args: argparse.Namespace) -> dict:
     devices = jax.devices()[:args.devices] if args.devices else jax.devices()
     device = devices[0]
     steps, warmup = default_steps(device.platform, args.steps, args.warmup)
+    start = time.perf_counter()
     nets = {name: net_info(name) for name in probe_nets()}
+    nets_s = time.perf_counter() - start
     cpu_peaks = {dt: throughput.measured_matmul_tflops(dt) for dt in DTYPES} if device.platform == "cpu" else {}
+    peaks_s = time.perf_counter() - start - nets_s
     start = time.perf_counter()
     result = throughput.benchmark(PROBE_MODEL, args.batch_size, "float32", steps=steps, warmup=warmup,
                                   devices=devices, num_examples=args.num_examples,
                                   peak=args.peak_tflops or cpu_peaks.get("float32"))
     machine = {**machine_info(devices), "host_cpu": result["host"]}
     return {"machine": machine, "nets": nets, "cpu_peaks": cpu_peaks, "result": result,
-            "steps": steps, "warmup": warmup, "bench_s": time.perf_counter() - start,
+            "steps": steps, "warmup": warmup, "bench_s": time.perf_counter() - start, "nets_s": nets_s,
+            "peaks_s": peaks_s,
             "imported_at": IMPORTED_AT}
 
 
@@ -323,7 +327,7 @@ def build_cases(settings: Settings, probe: Probe) -> list[Case]:
     a case comes after the cases it is compared with.
 
     The order: the float32 steps of the Fig. 6 nets, K concurrent runs (the sweep's packing), compile
-    times, scan/VJP, bfloat16 steps, ImageNet steps and the input pipeline, then the costly rest: the
+    times, scan/VJP, ImageNet steps and the input pipeline, bfloat16 steps, then the costly rest: the
     scanned net without its CPU default VJP (~10x slower on CPU) and vmapped replicas (slow on CPU)."""
     b, cpu = settings.batch_size, probe.platform == "cpu"
     abl, pd = settings.ablation_dtype, settings.pack_dtype
@@ -341,13 +345,13 @@ def build_cases(settings: Settings, probe: Probe) -> list[Case]:
     costly_on_cpu = [c for c in vjp_flips if cpu and probe.nets[c.model]["auto_scan"]]
     ablation_baselines = [step_case("ablation", m, abl, b) for m in dict.fromkeys(SCAN_NETS + VJP_NETS)]
     groups.append(("ablation", ablation_baselines + scan_flips + [c for c in vjp_flips if c not in costly_on_cpu]))
-    groups.append(("step", [step_case("step", m, "bfloat16", b) for m in CIFAR_STEP_NETS]))
     groups.append(("imagenet", [step_case("imagenet", m, "bfloat16", settings.imagenet_batch_size, backends=("gpu", "tpu"),
                                           why="ImageNet nets at batch 256 are for GPUs/TPUs")
                                 for m in IMAGENET_STEP_NETS] + [
         step_case("imagenet", CPU_IMAGENET_NET, "float32", settings.cpu_imagenet_batch_size, backends=("cpu",),
                   why="on an accelerator the resnet50/34 bf16 steps are what the input pipeline feeds")]))
     groups.append(("input", [Case("input_pipeline", "input", "input")]))
+    groups.append(("step", [step_case("step", m, "bfloat16", b) for m in CIFAR_STEP_NETS]))
     groups.append(("ablation", costly_on_cpu))
     groups.append(("packing", baselines + [
         Case(f"vmap/{m}/K{k}", "vmap", "packing", m, b, pd, k=k, requires=(step_key(m, pd, b),))
@@ -421,9 +425,10 @@ def estimate_s(case: Case, probe: Probe, settings: Settings) -> float:
     if case.kind == "vmap":
         per_replica = CPU_VMAP_PER_REPLICA if probe.platform == "cpu" else 1.0
         return probe.overhead_s + 1.2 * build + n_steps * step * case.k * per_replica
-    if case.kind == "concurrent":  # K processes share the host's cores while starting, and the device
+    if case.kind == "concurrent":  # K processes share the host's cores while starting, and the device;
+        # they compile what their single-run baseline (run before) put into the shared cache
         contention = max(1.0, case.k / max(1, probe.cpu_count // 2))
-        return contention * (probe.overhead_s + build) + (n_steps + 1) * step * case.k
+        return contention * (probe.overhead_s + CACHED_COMPILE_SHARE * build) + (n_steps + 1) * step * case.k
     raise ValueError(f"unknown case kind {case.kind!r}")
 
 
@@ -433,6 +438,8 @@ def unsupported_reason(case: Case, probe: Probe) -> str | None:
         return f"{'/'.join(b.upper() for b in case.backends)} only: {case.why} (this backend: {probe.platform})"
     if case.model and case.model not in probe.nets:
         return f"{case.model} is not among the probed nets"
+    if case.kind == "concurrent" and probe.platform == "tpu":
+        return "a TPU is opened by one process at a time: pack runs there as vmapped replicas"
     if case.kind == "concurrent" and probe.platform == "cpu" and case.k > probe.cpu_count:
         return (f"{case.k} processes on a {probe.cpu_count}-core CPU: each would get less than a core, "
                 "so packing cannot gain")
@@ -701,6 +708,8 @@ class Runner:
         sync = tempfile.mkdtemp(prefix="sync_", dir=self.folder)
         env = {**os.environ, "XLA_PYTHON_CLIENT_MEM_FRACTION": sweep.memory_fraction(case.k),
                "XLA_PYTHON_CLIENT_PREALLOCATE": "false", **self.mps.start()}
+        if self.probe.platform == "gpu":  # all K on one GPU, as launch.sh gives each slot its GPU(s)
+            env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
         command = self.throughput_command(case, f"--sync={sync}:{case.k}")
         outcome = outcome_of(run_commands([command] * case.k, timeout_s, self.folder, env))
         if outcome.status == "ok":
@@ -758,7 +767,7 @@ def run_probe(args: argparse.Namespace, folder: str, timeout_s: float) -> tuple[
 # ----------------------------------------------------------------------------- assembling the results
 
 
-def step_row(result: dict, machine: dict, cpu_peaks: dict, given_peak: float | None, case_key: str) -> dict:
+def step_row(result: dict, cpu_peaks: dict, given_peak: float | None, case_key: str) -> dict:
     """One step measurement with its % of peak (per device x devices) and memory."""
     dtype, devices = result["dtype"], result["devices"]
     peak, source = device_peak(result["platform"], result["device_kind"], dtype, cpu_peaks, given_peak)
@@ -789,10 +798,12 @@ def packing_rows(records: list[dict], singles: dict) -> tuple[list[dict], list[d
             dtype = runs[0]["dtype"]
             extra = {"mem_fraction": rec["data"]["mem_fraction"], "mps": rec["data"]["mps"],
                      "step_s_per_run": max(r["step_s"] for r in runs),
-                     "peak_bytes": max((r["peak_bytes"] or 0) for r in runs) or None}
+                     "peak_bytes": max((r["peak_bytes"] or 0) for r in runs) or None,
+                     "temp_bytes": runs[0]["temp_bytes"]}
         else:
             total, dtype = rec["data"]["img_per_s"], rec["data"]["dtype"]
-            extra = {"step_s": rec["data"]["step_s"], "peak_bytes": rec["data"]["peak_bytes"]}
+            extra = {"step_s": rec["data"]["step_s"], "peak_bytes": rec["data"]["peak_bytes"],
+                     "temp_bytes": rec["data"]["temp_bytes"]}
         single = singles.get((model, dtype))
         row = {"model": model, "k": k, "dtype": dtype, "img_per_s_total": total,
                "img_per_s_single": single, "gain": total / single if single else None, **extra}
@@ -1000,8 +1011,8 @@ def assemble(meta: dict, worker: dict, probe: Probe, settings: Settings, executi
     """The report as one JSON-able dict, from the probe and every case's record."""
     machine, cpu_peaks = worker["machine"], worker["cpu_peaks"]
     probe_key = step_key(PROBE_MODEL, "float32", settings.batch_size)
-    steps = [step_row(worker["result"], machine, cpu_peaks, settings.peak_tflops, probe_key)]
-    steps += [step_row(r["data"], machine, cpu_peaks, settings.peak_tflops, r["key"]) for r in execution.records
+    steps = [step_row(worker["result"], cpu_peaks, settings.peak_tflops, probe_key)]
+    steps += [step_row(r["data"], cpu_peaks, settings.peak_tflops, r["key"]) for r in execution.records
               if r["kind"] == "step" and r["status"] == "ok"]
     singles = {(r["model"], r["dtype"]): r["img_per_s"] for r in steps
                if r["case"] == step_key(r["model"], r["dtype"], settings.batch_size)}
@@ -1009,8 +1020,10 @@ def assemble(meta: dict, worker: dict, probe: Probe, settings: Settings, executi
     compiles = [r["data"] for r in execution.records if r["kind"] == "compile" and r["status"] == "ok"]
     failed = [{"key": r["key"], "status": r["status"], "reason": r["reason"]} for r in execution.records
               if r["status"] != "ok"]
-    peaks = {dt: dict(zip(("tflops", "source"), device_peak(probe.platform, probe.device_kind, dt, cpu_peaks,
-                                                              settings.peak_tflops))) for dt in DTYPES}
+    peaks = {}
+    for dt in DTYPES:
+        tflops, source = device_peak(probe.platform, probe.device_kind, dt, cpu_peaks, settings.peak_tflops)
+        peaks[dt] = {"tflops": tflops, "source": source}
     meta = dict(meta)
     mps = meta.pop("mps")
     return {
@@ -1293,7 +1306,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per case (default: 3 on CPU, 20 else)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per case (default: 1 on CPU, 5 else)")
     p.add_argument("--num_examples", type=int, default=50_000, help="random CIFAR images held on the device")
-    p.add_argument("--devices", type=int, default=0, help="use the first N devices (0: all)")
+    p.add_argument("--devices", type=int, default=1, help="use the first N devices (default 1: per-device "
+                   "numbers; 0: all, data parallel)")
     p.add_argument("--concurrent", type=_ints, default=[1, 2, 4, 8], help="K concurrent processes per device")
     p.add_argument("--vmap", type=_ints, default=[1, 4, 8], help="K vmapped replicas in one program")
     p.add_argument("--pack_dtype", default="float32", choices=DTYPES, help="dtype of the packing cases")
