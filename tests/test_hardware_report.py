@@ -299,3 +299,79 @@ def test_real_cpu_run_writes_the_report_within_its_budget(tmp_path):
                            f"--render={out / 'hardware_report.json'}"], cwd=REPO, capture_output=True, text=True,
                           check=False)
     assert proc.returncode == 0 and (out / "hardware_report.md").read_text() == markdown
+
+
+# ----------------------------------------------------------------------------- the GPU paths, on fake results
+
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def fake_result(model, dtype="float32", batch=128, step=0.01, scan=False, vjp=False, replicas=1):
+    """A benchmarks.throughput JSON row as a GPU would give it."""
+    macs = NETS[model]["macs"]
+    return {"model": model, "batch_size": batch, "dtype": dtype, "replicas": replicas, "scan": scan,
+            "canonical_conv_grad": vjp, "step_s": step, "step_s_min": step, "step_s_max": step,
+            "img_per_s": batch * replicas / step, "tflops": 6 * macs * batch * replicas / step / 1e12,
+            "compile_s": 20.0, "peak_bytes": 3 * 2**30, "temp_bytes": 2**28, "macs_per_image": macs,
+            "load_avg": [1.0, 1.0, 1.0], "platform": "gpu", "device_kind": H100, "devices": 1, "init_s": 3.0,
+            "lower_s": 1.0}
+
+
+def record(key, kind, data, status="ok"):
+    return {"key": key, "kind": kind, "section": "x", "status": status, "estimate_s": 10.0, "timeout_s": 40.0,
+            "wall_s": 9.0, "reason": "" if status == "ok" else "exit 1: boom", "data": data}
+
+
+def test_assemble_and_render_a_fake_gpu_report():
+    probe = fake_probe("gpu", cpu_count=16, step_s=0.01)
+    probe = hr.Probe(**{**probe.__dict__, "device_kind": H100})
+    s = settings(steps=20, warmup=5)
+    worker = {"machine": {"platform": "gpu", "device_kind": H100, "device_count": 1, "devices_present": 8,
+                          "jax": "0.10.2", "jaxlib": "0.10.2", "platform_version": "cuda 12.8", "memory_stats": True,
+                          "bytes_limit": 80 * 2**30, "cpu_count": 16, "python": "3.11", "host_cpu": "Xeon, 16 cores"},
+              "nets": NETS, "cpu_peaks": {}, "result": fake_result("resnet20"), "steps": 20, "warmup": 5,
+              "wall_s": 30.0}
+    runs = [fake_result("resnet20", step=0.012), fake_result("resnet20", step=0.014)]
+    records = [
+        record("step/resnet56/float32/b128", "step", fake_result("resnet56", step=0.02)),
+        record("step/plain56/float32/b128", "step", fake_result("plain56", step=0.018)),
+        record("step/resnet110/float32/b128", "step", fake_result("resnet110", step=0.05, scan=True)),
+        record("step/resnet110/float32/b128/unrolled", "step", fake_result("resnet110", step=0.04)),
+        record("step/resnet56/float32/b128/scan", "step", fake_result("resnet56", step=0.03, scan=True)),
+        record("step/resnet110/float32/b128/vjp-on", "step", fake_result("resnet110", step=0.07, scan=True, vjp=True)),
+        record("step/resnet50/bfloat16/b256", "step", fake_result("resnet50", "bfloat16", 256, step=0.2)),
+        record("concurrent/resnet20/K2", "concurrent", {"runs": runs, "mem_fraction": "0.45", "mps": True}),
+        record("vmap/resnet20/K4", "vmap", fake_result("resnet20", step=0.02, replicas=4)),
+        record("compile/resnet20", "compile", {"model": "resnet20", "batch_size": 128, "dtype": "float32",
+                                               "scan": False, "lower_s": 1.0, "compile_s": 20.0,
+                                               "compile_s_cached": 1.0, "init_s": 5.0, "init_s_cached": 0.5,
+                                               "load_avg": [1.0]}),
+        record("input_pipeline", "input", {"images_per_s": 2000.0, "batch_size": 256, "image_size": 224,
+                                           "mean_jpeg_kb": 90.0, "cpus": 16, "load_avg": 1.0}),
+        record("compile/resnet1202", "compile", None, status="failed"),
+    ]
+    execution = hr.Execution(records, [{"key": "step/resnet18/float32/b16", "section": "imagenet",
+                                        "reason": "CPU only: ..."}], [])
+    meta = {"command": ["python", "-m", "benchmarks.hardware_report"], "started": "t0", "finished": "t1",
+            "budget_s": 480.0, "elapsed_s": 470.0, "load_avg_before": [1, 1, 1], "load_avg_after": [1, 1, 1],
+            "driver": "570.1", "note": "", "mps": {"available": True, "used": True, "note": "used"}}
+    report = hr.assemble(meta, worker, probe, s, execution)
+    json.dumps(report)  # JSON-able
+    r50 = next(r for r in report["steps"] if r["model"] == "resnet50")
+    assert r50["peak_tflops"] == 989.4 and r50["pct_of_peak"] == pytest.approx(100 * r50["tflops"] / 989.4)
+    r20 = report["steps"][0]
+    assert r20["peak_tflops"] == 67.0 and r20["pct_of_f32_default_peak"] == pytest.approx(100 * r20["tflops"] / 494.7)
+    (conc,) = report["packing"]["concurrent"]
+    assert conc["gain"] == pytest.approx((128 / 0.012 + 128 / 0.014) / (128 / 0.01)) and conc["mps"]
+    (vm,) = report["packing"]["vmap"]
+    assert vm["k"] == 4 and vm["gain"] == pytest.approx(2.0)
+    rec = report["ablation"]["recommendation"]
+    assert rec["scan_auto_max_unrolled_blocks"]["value"] == 54  # unrolled won at 27 and 54 blocks
+    assert rec["canonical_conv_grad"]["value"] is False  # the VJP lost on the GPU: keep it off
+    assert report["fig6"]["best_k"] == 2 and len(report["fig6"]["runs"]) == 9
+    assert report["input_pipeline"]["consumers"][0]["model"] == "resnet50"
+    assert report["failed"] == [{"key": "compile/resnet1202", "status": "failed", "reason": "exit 1: boom"}]
+    markdown = hr.render_markdown(report)
+    for text in ("NVIDIA H100 80GB HBM3", "570.1", "of TF32", "GiB peak", "CUDA MPS: used", "K vmapped replicas",
+                 "SCAN_AUTO_MAX_UNROLLED_BLOCKS = 54", "pipeline / step", "best packing measured: K = 2"):
+        assert text in markdown, text
