@@ -278,6 +278,40 @@ def probe_worker(args: argparse.Namespace) -> dict:
             "imported_at": IMPORTED_AT}
 
 
+def interleaved_times(a, b, steps: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Step times of two prepared configurations, alternated A B, B A, ... so that a load that comes
+    and goes on a shared machine hits both alike (their ratio is what is compared)."""
+    throughput.run_steps(a, warmup)
+    throughput.run_steps(b, warmup)
+    times_a, times_b = [], []
+    for i in range(steps):
+        for p in ((a, b) if i % 2 == 0 else (b, a)):
+            (times_a if p is a else times_b).extend(throughput.run_steps(p, 1))
+    return times_a, times_b
+
+
+def flag(text: str) -> bool | None:
+    return {"auto": None, "true": True, "false": False}[text]
+
+
+def pair_worker(args: argparse.Namespace) -> dict:
+    """Runs in a subprocess: the model's default step (A) and one with `--scan`/`--canonical_conv_grad`
+    flipped (B), compiled side by side and timed interleaved."""
+    throughput.use_compilation_cache(args.compilation_cache)
+    devices = jax.devices()[:args.devices] if args.devices else jax.devices()
+    steps, warmup = default_steps(devices[0].platform, args.steps, args.warmup)
+    common = {"devices": devices, "num_examples": args.num_examples}
+    a = throughput.prepare(args.model, args.batch_size, args.dtype, **common)
+    b = throughput.prepare(args.model, args.batch_size, args.dtype, scan=flag(args.scan),
+                           canonical_conv_grad=flag(args.canonical_conv_grad), **common)
+    times_a, times_b = interleaved_times(a, b, steps, warmup)
+    for p in (a, b):
+        throughput.check_loss(p)
+    return {"a": throughput.describe(a, times_a, args.peak_tflops), "b": throughput.describe(b, times_b, args.peak_tflops),
+            "ratio_b_over_a": statistics.median(tb / ta for ta, tb in zip(times_a, times_b, strict=True)),
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+
+
 def probe_nets() -> tuple[str, ...]:
     return tuple(dict.fromkeys(CIFAR_STEP_NETS + IMAGENET_STEP_NETS + (CPU_IMAGENET_NET,) + COMPILE_NETS + FIG6_NETS))
 
@@ -326,25 +360,26 @@ def build_cases(settings: Settings, probe: Probe) -> list[Case]:
     """Every case, most valuable first (the planner keeps this order and drops what does not fit);
     a case comes after the cases it is compared with.
 
-    The order: the float32 steps of the Fig. 6 nets, K concurrent runs (the sweep's packing), compile
-    times, scan/VJP, ImageNet steps and the input pipeline, bfloat16 steps, then the costly rest: the
-    scanned net without its CPU default VJP (~10x slower on CPU) and vmapped replicas (slow on CPU)."""
+    The order: the float32 steps of the Fig. 6 nets; K concurrent runs (the sweep's packing) and the
+    scan/VJP pairs, the pairs first on a CPU (two cores cannot gain from packing), packing first on an
+    accelerator (the sweep's lever there); compile times; ImageNet steps and the input pipeline;
+    bfloat16 steps; then the costly rest: the scanned net without its CPU-default VJP (~10x slower on
+    CPU) and vmapped replicas (grouped convs, slow on CPU)."""
     b, cpu = settings.batch_size, probe.platform == "cpu"
     abl, pd = settings.ablation_dtype, settings.pack_dtype
-    groups: list[tuple[str, list[Case]]] = []
-    groups.append(("step", [step_case("step", m, "float32", b) for m in CIFAR_STEP_NETS]))
-    baselines = [step_case("packing", m, pd, b) for m in PACK_NETS]
-    groups.append(("packing", baselines + [
+    steps = ("step", [step_case("step", m, "float32", b) for m in CIFAR_STEP_NETS])
+    packing = ("packing", [step_case("packing", m, pd, b) for m in PACK_NETS] + [
         Case(f"concurrent/{m}/K{k}", "concurrent", "packing", m, b, pd, k=k, requires=(step_key(m, pd, b),))
-        for k in sorted(set(settings.concurrent) - {1}) for m in PACK_NETS]))
+        for k in sorted(set(settings.concurrent) - {1}) for m in PACK_NETS])
+    scan_pairs = [Case(f"pair/{m}/scan", "pair", "ablation", m, b, abl, scan=flipped(probe.nets[m]["auto_scan"]))
+                  for m in SCAN_NETS]
+    vjp_pairs = [Case(f"pair/{m}/vjp", "pair", "ablation", m, b, abl, vjp=flipped(cpu))  # against the default
+                 for m in VJP_NETS]
+    costly_on_cpu = [c for c in vjp_pairs if cpu and probe.nets[c.model]["auto_scan"]]
+    cheap = [c for c in vjp_pairs if c not in costly_on_cpu]
+    ablation = ("ablation", cheap[:1] + scan_pairs[:1] + cheap[1:] + scan_pairs[1:])
+    groups = [steps, ablation, packing] if cpu else [steps, packing, ablation]
     groups.append(("compile", [Case(f"compile/{m}", "compile", "compile", m, b) for m in COMPILE_NETS]))
-    scan_flips = [step_case("ablation", m, abl, b, scan=flipped(probe.nets[m]["auto_scan"]),
-                            requires=(step_key(m, abl, b),)) for m in SCAN_NETS]
-    vjp_flips = [step_case("ablation", m, abl, b, vjp=flipped(cpu), requires=(step_key(m, abl, b),))
-                 for m in VJP_NETS]  # against the backend's default: on for CPU only
-    costly_on_cpu = [c for c in vjp_flips if cpu and probe.nets[c.model]["auto_scan"]]
-    ablation_baselines = [step_case("ablation", m, abl, b) for m in dict.fromkeys(SCAN_NETS + VJP_NETS)]
-    groups.append(("ablation", ablation_baselines + scan_flips + [c for c in vjp_flips if c not in costly_on_cpu]))
     groups.append(("imagenet", [step_case("imagenet", m, "bfloat16", settings.imagenet_batch_size, backends=("gpu", "tpu"),
                                           why="ImageNet nets at batch 256 are for GPUs/TPUs")
                                 for m in IMAGENET_STEP_NETS] + [
@@ -353,7 +388,7 @@ def build_cases(settings: Settings, probe: Probe) -> list[Case]:
     groups.append(("input", [Case("input_pipeline", "input", "input")]))
     groups.append(("step", [step_case("step", m, "bfloat16", b) for m in CIFAR_STEP_NETS]))
     groups.append(("ablation", costly_on_cpu))
-    groups.append(("packing", baselines + [
+    groups.append(("packing", packing[1][:len(PACK_NETS)] + [
         Case(f"vmap/{m}/K{k}", "vmap", "packing", m, b, pd, k=k, requires=(step_key(m, pd, b),))
         for k in sorted(set(settings.vmap) - {1}) for m in PACK_NETS]))
     cases = [c for section, group in groups if section in settings.sections for c in group]
@@ -414,8 +449,9 @@ def step_estimate(probe: Probe, case: Case) -> float:
     return step
 
 
-def estimate_s(case: Case, probe: Probe, settings: Settings) -> float:
-    """Wall seconds a case is expected to take, from the probe's unit costs (before correction)."""
+def estimate_s(case: Case, probe: Probe, settings: Settings, cached: frozenset = frozenset()) -> float:
+    """Wall seconds a case is expected to take, from the probe's unit costs (before correction).
+    `cached`: keys of cases run (or planned) before, whose programs are then in the shared cache."""
     n_steps = settings.steps + settings.warmup
     if case.kind == "input":
         images = settings.input_images
@@ -426,6 +462,12 @@ def estimate_s(case: Case, probe: Probe, settings: Settings) -> float:
     step = step_estimate(probe, case)
     if case.kind == "step":
         return probe.overhead_s + build + n_steps * step
+    if case.kind == "pair":  # the model's default (A) and the flipped variant (B), in one process
+        default = dataclasses.replace(case, scan="auto", vjp="auto")
+        build_a = (probe.init_s + probe.compile_s) * compile_scale(probe, case.model, resolved_scan(default, probe))
+        if step_key(case.model, case.dtype, case.batch_size) in cached:
+            build_a *= CACHED_COMPILE_SHARE
+        return probe.overhead_s + build_a + build + n_steps * (step_estimate(probe, default) + step)
     if case.kind == "compile":
         return 2 * probe.overhead_s + (1 + CACHED_COMPILE_SHARE) * build
     if case.kind == "vmap":
@@ -504,7 +546,8 @@ def plan(cases: list[Case], probe: Probe, settings: Settings, time_left_s: float
             why = failed.get(missing[0]) or reasons.get(missing[0]) or "not planned"
             reason = f"needs {missing[0]} ({why})"
         if reason is None:
-            estimate = estimate_s(case, probe, settings) * (corrections.factor(case) if corrections else 1.0)
+            estimate = estimate_s(case, probe, settings, frozenset(available))
+            estimate *= corrections.factor(case) if corrections else 1.0
             if estimate > left:
                 reason = f"estimated {estimate:.0f} s, {max(left, 0):.0f} s of the budget left"
         if reason:
@@ -705,6 +748,17 @@ class Runner:
     def run_step(self, case: Case, timeout_s: float) -> Outcome:
         return outcome_of(run_commands([self.throughput_command(case)], timeout_s, self.folder))
 
+    def run_pair(self, case: Case, timeout_s: float) -> Outcome:
+        """The model's default and the flipped variant in one process, steps interleaved (pair_worker)."""
+        s = self.settings
+        cmd = [sys.executable, "-m", "benchmarks.hardware_report", "--worker=pair", f"--model={case.model}",
+               f"--batch_size={case.batch_size}", f"--dtype={case.dtype}", f"--scan={case.scan}",
+               f"--canonical_conv_grad={case.vjp}", f"--steps={s.steps}", f"--warmup={s.warmup}",
+               f"--num_examples={s.num_examples}", f"--devices={s.devices}", f"--compilation_cache={self.cache}"]
+        peak = s.peak_tflops or self.cpu_peaks.get(case.dtype)
+        cmd += [f"--peak_tflops={peak}"] if peak else []
+        return outcome_of(run_commands([cmd], timeout_s, self.folder))
+
     def run_vmap(self, case: Case, timeout_s: float) -> Outcome:
         return outcome_of(run_commands([self.throughput_command(case, f"--replicas={case.k}", "--pack=vmap")],
                                        timeout_s, self.folder))
@@ -819,7 +873,7 @@ def packing_rows(records: list[dict], singles: dict) -> tuple[list[dict], list[d
 
 
 def verdict(a_s: float, b_s: float, a: str, b: str, tolerance: float = 0.05) -> str:
-    """Which of two step times wins, or 'tie' within `tolerance` (a shared machine's noise)."""
+    """Which of two step times (or 1 and a paired ratio b/a) wins, or 'tie' within `tolerance`."""
     if a_s < b_s * (1 - tolerance):
         return a
     if b_s < a_s * (1 - tolerance):
@@ -883,26 +937,26 @@ def vjp_recommendation(pairs: list[dict], platform_name: str) -> dict:
             "text": f"{'keep' if value == default else 'turn'} it {word} on {platform_name} ({measured})"}
 
 
-def ablation(steps: list[dict], nets: dict, platform_name: str, dtype: str) -> dict:
-    """Scan vs unrolled and VJP on vs off, from the step rows, with the two recommendations."""
-    rows = [r for r in steps if r["dtype"] == dtype and r["replicas"] == 1 and r["model"] in set(SCAN_NETS + VJP_NETS)]
-    default_vjp = platform_name == "cpu"
-    by = {(r["model"], r["scan"], r["canonical_conv_grad"]): r for r in rows}
+def ablation(records: list[dict], nets: dict, platform_name: str, dtype: str) -> dict:
+    """Scan vs unrolled and VJP on vs off, from the interleaved pairs, with the two recommendations."""
     scan_pairs, vjp_pairs = [], []
-    for m in SCAN_NETS:
-        a, b = by.get((m, True, default_vjp)), by.get((m, False, default_vjp))
-        if a and b:
-            scan_pairs.append({"model": m, "blocks": nets[m]["blocks"], "step_s_scan": a["step_s"],
-                               "step_s_unrolled": b["step_s"], "compile_s_scan": a["compile_s"],
-                               "compile_s_unrolled": b["compile_s"],
-                               "verdict": verdict(a["step_s"], b["step_s"], "scan", "unrolled")})
-    for m in VJP_NETS:
-        scan = nets[m]["auto_scan"]
-        on, off = by.get((m, scan, True)), by.get((m, scan, False))
-        if on and off:
-            vjp_pairs.append({"model": m, "scan": scan, "step_s_on": on["step_s"], "step_s_off": off["step_s"],
-                              "ratio_off_over_on": off["step_s"] / on["step_s"],
-                              "verdict": verdict(on["step_s"], off["step_s"], "on", "off")})
+    for rec in records:
+        if rec["kind"] != "pair" or rec["status"] != "ok":
+            continue
+        a, b, ratio = rec["data"]["a"], rec["data"]["b"], rec["data"]["ratio_b_over_a"]
+        model, what = rec["key"].split("/")[1:]
+        if what == "scan":
+            scanned, unrolled = (a, b) if a["scan"] else (b, a)
+            paired = ratio if a["scan"] else 1 / ratio  # unrolled / scanned, the median of interleaved steps
+            scan_pairs.append({"model": model, "blocks": nets[model]["blocks"], "step_s_scan": scanned["step_s"],
+                               "step_s_unrolled": unrolled["step_s"], "compile_s_scan": scanned["compile_s"],
+                               "compile_s_unrolled": unrolled["compile_s"], "ratio_unrolled_over_scan": paired,
+                               "verdict": verdict(1.0, paired, "scan", "unrolled")})
+        else:
+            on, off = (a, b) if a["canonical_conv_grad"] else (b, a)
+            paired = ratio if a["canonical_conv_grad"] else 1 / ratio  # off / on
+            vjp_pairs.append({"model": model, "scan": a["scan"], "step_s_on": on["step_s"], "step_s_off": off["step_s"],
+                              "ratio_off_over_on": paired, "verdict": verdict(1.0, paired, "on", "off")})
     return {"dtype": dtype, "scan_pairs": scan_pairs, "vjp_pairs": vjp_pairs,
             "recommendation": {"backend": platform_name,
                                "scan_auto_max_unrolled_blocks": scan_recommendation(
@@ -1041,7 +1095,7 @@ def assemble(meta: dict, worker: dict, probe: Probe, settings: Settings, executi
         "steps": steps,
         "compile": compiles,
         "packing": {"mps": mps, "concurrent": concurrent, "vmap": vmapped},
-        "ablation": ablation(steps, probe.nets, probe.platform, settings.ablation_dtype),
+        "ablation": ablation(execution.records, probe.nets, probe.platform, settings.ablation_dtype),
         "fig6": fig6_projection(steps, probe.nets, concurrent, settings.batch_size),
         "input_pipeline": input_section(execution.records, steps),
         "initial_plan": execution.initial_plan,
@@ -1146,14 +1200,18 @@ def render_packing(report: dict) -> list[str]:
 
 def render_ablation(report: dict) -> list[str]:
     a = report["ablation"]
-    lines = [f"## Scan vs unrolled, canonical conv VJP on vs off ({a['dtype']})", ""]
+    lines = [f"## Scan vs unrolled, canonical conv VJP on vs off ({a['dtype']})", "",
+             ("Each pair ran in one process: the model's default and the flipped variant, compiled side by side, "
+              "their steps interleaved (A B, B A, ...), so a shared machine's changing load hits both alike."), ""]
     if a["scan_pairs"]:
-        lines += md_table(["net", "blocks", "step s scanned", "step s unrolled", "compile s scanned / unrolled", "faster"],
+        lines += md_table(["net", "blocks", "step s scanned", "step s unrolled", "unrolled / scanned (paired)",
+                           "compile s scanned / unrolled", "faster"],
                           [[p["model"], str(p["blocks"]), _f(p["step_s_scan"]), _f(p["step_s_unrolled"]),
+                            _f(p["ratio_unrolled_over_scan"], ".2f"),
                             f"{_f(p['compile_s_scan'], '.1f')} / {_f(p['compile_s_unrolled'], '.1f')}", p["verdict"]]
                            for p in a["scan_pairs"]]) + [""]
     if a["vjp_pairs"]:
-        lines += md_table(["net", "scan", "step s VJP on", "step s VJP off", "off / on", "faster"],
+        lines += md_table(["net", "scan", "step s VJP on", "step s VJP off", "off / on (paired)", "faster"],
                           [[p["model"], "yes" if p["scan"] else "no", _f(p["step_s_on"]), _f(p["step_s_off"]),
                             _f(p["ratio_off_over_on"], ".2f"), p["verdict"]] for p in a["vjp_pairs"]]) + [""]
     rec = a["recommendation"]
@@ -1252,9 +1310,20 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (Linux /proc; 0 elsewhere), so that the interpreter's start and
+    the imports count against the budget too."""
+    try:
+        ticks = int(pathlib.Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(pathlib.Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def report_machine(args: argparse.Namespace, argv: list[str]) -> int:
     """Probe, plan, run the cases, assemble and write the report; never past the budget (+ a margin)."""
-    start, started = time.monotonic(), now_iso()
+    start, started = time.monotonic() - process_age_s(), now_iso()
     deadline_all = start + args.budget_s
     load_before = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="hardware_report_") as folder:
@@ -1328,7 +1397,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reserve_s", type=float, default=None, help="seconds kept for writing (default max(5, 2%%))")
     p.add_argument("--note", default="", help="a sentence for the report's header (e.g. 'shared machine')")
     p.add_argument("--render", default="", help="only re-render the Markdown of this hardware_report.json")
-    p.add_argument("--worker", choices=("probe",), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("probe", "pair"), help=argparse.SUPPRESS)
+    p.add_argument("--model", default=PROBE_MODEL, help=argparse.SUPPRESS)  # the pair worker's
+    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    p.add_argument("--scan", default="auto", help=argparse.SUPPRESS)
+    p.add_argument("--canonical_conv_grad", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--compilation_cache", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -1336,8 +1409,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.worker == "probe":
-        print(json.dumps(probe_worker(args), default=str), flush=True)
+    if args.worker:
+        worker = {"probe": probe_worker, "pair": pair_worker}[args.worker]
+        print(json.dumps(worker(args), default=str), flush=True)
         return 0
     if args.render:
         path = pathlib.Path(args.render)

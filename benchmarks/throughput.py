@@ -42,6 +42,7 @@ whether the hosts can feed the accelerators. ``--replicas`` and ``--eval`` are C
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -244,10 +245,31 @@ def _setup(name: str, batch_size: int, dtype: str, scan: bool | None, devices: t
     return config, model, tx, mesh, data, init
 
 
-def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int = 10, warmup: int = 3,
-              devices=None, num_examples: int = 50_000, replicas: int = 1, pack: str = "vmap",
-              scan: bool | None = None, peak: float | None = None, with_eval: bool = False,
-              sync: tuple[str, int] | None = None, canonical_conv_grad: bool | None = None) -> dict:
+@dataclasses.dataclass
+class Prepared:
+    """One configuration's compiled training step with its state and data on the devices."""
+
+    name: str
+    batch_size: int
+    dtype: str
+    replicas: int
+    pack: str
+    devices: list
+    config: object
+    model: object
+    mesh: object
+    data: object
+    state: object
+    compiled: object
+    init_s: float
+    lower_s: float
+    compile_s: float
+
+
+def prepare(name: str, batch_size: int, dtype: str = "float32", *, devices=None, num_examples: int = 50_000,
+            replicas: int = 1, pack: str = "vmap", scan: bool | None = None,
+            canonical_conv_grad: bool | None = None, with_eval: bool = False) -> Prepared:
+    """Builds, initialises, lowers and compiles the real training step of one configuration."""
     devices = list(devices or jax.devices())
     config, model, tx, mesh, data, init = _setup(name, batch_size, dtype, scan, tuple(devices), num_examples,
                                                  canonical_conv_grad)
@@ -275,57 +297,80 @@ def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int 
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
+    return Prepared(name, batch_size, dtype, replicas, pack, devices, config, model, mesh, data, state, compiled,
+                    init_s, t1 - t0, t2 - t1)
 
+
+def run_steps(p: Prepared, steps: int) -> list[float]:
+    """Seconds of each of `steps` steps, each one timed to the end of the computation."""
     times = []
-    if steps > 0:
-        for _ in range(warmup):
-            state = compiled(state, data)
-        jax.block_until_ready(state)
-        if sync:
-            _arrive(sync, "ready")
-        for _ in range(steps):
-            t = time.perf_counter()
-            state = compiled(state, data)
-            jax.block_until_ready(state)
-            times.append(time.perf_counter() - t)
-        if sync:  # keep the device as busy for the others until every process has its timings
-            while not _arrive(sync, "done", wait=False):
-                state = compiled(state, data)
-                jax.block_until_ready(state)
-        first = state[0] if isinstance(state, tuple) else state
-        loss = float(np.asarray(jax.device_get(first.sums["loss"])).ravel()[0])
-        if not np.isfinite(loss):
-            raise RuntimeError(f"{name}: the loss is {loss}; the benchmark step is broken")
+    for _ in range(steps):
+        t = time.perf_counter()
+        p.state = p.compiled(p.state, p.data)
+        jax.block_until_ready(p.state)
+        times.append(time.perf_counter() - t)
+    return times
 
-    device = devices[0]
+
+def check_loss(p: Prepared) -> None:
+    first = p.state[0] if isinstance(p.state, tuple) else p.state
+    loss = float(np.asarray(jax.device_get(first.sums["loss"])).ravel()[0])
+    if not np.isfinite(loss):
+        raise RuntimeError(f"{p.name}: the loss is {loss}; the benchmark step is broken")
+
+
+def describe(p: Prepared, times: list[float], peak: float | None = None) -> dict:
+    """The result row of one configuration from its timed steps (see the module docstring)."""
+    device = p.devices[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     try:
-        temp = compiled.memory_analysis().temp_size_in_bytes
+        temp = p.compiled.memory_analysis().temp_size_in_bytes
     except Exception:  # not every backend reports it
         temp = None
-    macs = models.count_macs(model)
-    images = batch_size * replicas
+    macs = models.count_macs(p.model)
+    images = p.batch_size * p.replicas
     step_s = statistics.median(times) if times else None
     result = {
-        "model": name, "batch_size": batch_size, "dtype": dtype, "replicas": replicas,
-        "pack": pack if replicas > 1 else None,
-        "scan": model.use_scan, "canonical_conv_grad": uses_canonical_conv_grad(model), "devices": len(devices), "platform": device.platform,
-        "device_kind": device.device_kind, "host": train.host_description(),
+        "model": p.name, "batch_size": p.batch_size, "dtype": p.dtype, "replicas": p.replicas,
+        "pack": p.pack if p.replicas > 1 else None,
+        "scan": p.model.use_scan, "canonical_conv_grad": uses_canonical_conv_grad(p.model), "devices": len(p.devices),
+        "platform": device.platform, "device_kind": device.device_kind, "host": train.host_description(),
         "step_s": step_s, "step_s_min": min(times) if times else None, "step_s_max": max(times) if times else None,
         "steps_timed": len(times), "img_per_s": images / step_s if step_s else None,
-        "lower_s": t1 - t0, "compile_s": t2 - t1, "init_s": init_s,  # init_s: compile + run (0 compile if shared)
+        "lower_s": p.lower_s, "compile_s": p.compile_s, "init_s": p.init_s,  # init_s: compile + run (0 compile if shared)
         "peak_bytes": (stats or {}).get("peak_bytes_in_use"), "temp_bytes": temp,
         "macs_per_image": macs, "flops_per_step": 6 * macs * images,
     }
     if step_s:
-        per_device_peak, source = peak_tflops(device, dtype, peak)
+        per_device_peak, source = peak_tflops(device, p.dtype, peak)
         achieved = 6 * macs * images / step_s / 1e12
-        result.update(tflops=achieved, peak_tflops=per_device_peak and per_device_peak * len(devices),
+        result.update(tflops=achieved, peak_tflops=per_device_peak and per_device_peak * len(p.devices),
                       peak_source=source,
-                      frac_of_peak=achieved / (per_device_peak * len(devices)) if per_device_peak else None)
+                      frac_of_peak=achieved / (per_device_peak * len(p.devices)) if per_device_peak else None)
+    return result
+
+
+def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int = 10, warmup: int = 3,
+              devices=None, num_examples: int = 50_000, replicas: int = 1, pack: str = "vmap",
+              scan: bool | None = None, peak: float | None = None, with_eval: bool = False,
+              sync: tuple[str, int] | None = None, canonical_conv_grad: bool | None = None) -> dict:
+    p = prepare(name, batch_size, dtype, devices=devices, num_examples=num_examples, replicas=replicas, pack=pack,
+                scan=scan, canonical_conv_grad=canonical_conv_grad, with_eval=with_eval)
+    times = []
+    if steps > 0:
+        run_steps(p, warmup)
+        if sync:
+            _arrive(sync, "ready")
+        times = run_steps(p, steps)
+        if sync:  # keep the device as busy for the others until every process has its timings
+            while not _arrive(sync, "done", wait=False):
+                run_steps(p, 1)
+        check_loss(p)
+    result = describe(p, times, peak)
     if with_eval:
+        state = p.state
         one = state if replicas == 1 else state[0] if pack == "unroll" else jax.tree.map(lambda x: x[0], state)
-        result.update(eval_timing(config, model, one, mesh, step_s))
+        result.update(eval_timing(p.config, p.model, one, p.mesh, result["step_s"]))
     result["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     return result
 

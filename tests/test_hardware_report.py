@@ -87,8 +87,11 @@ def test_plan_on_cpu_skips_what_this_backend_cannot_run_with_reasons():
     assert "2-core CPU" in reasons["concurrent/resnet20/K4"] and "concurrent/resnet20/K2" in picked
     assert "step/resnet18/float32/b16" in picked and "input_pipeline" in picked
     assert {"compile/resnet20", "compile/resnet1202", "vmap/resnet56/K8"} <= picked
-    assert "step/resnet110/float32/b128/vjp-off" in picked  # VJP off on CPU (its default is on)
-    assert "step/resnet110/float32/b128/unrolled" in picked and "step/resnet56/float32/b128/scan" in picked
+    assert {"pair/resnet20/vjp", "pair/resnet110/vjp", "pair/resnet56/scan", "pair/resnet110/scan"} <= picked
+    pair = next(c for c, _ in plan.picked if c.key == "pair/resnet110/vjp")
+    assert (pair.vjp, pair.scan) == ("false", "auto")  # VJP off on CPU (its default is on)
+    order = [c.key for c, _ in plan.picked]
+    assert order.index("pair/resnet56/scan") < order.index("concurrent/resnet20/K2")  # pairs first on a CPU
 
 
 def test_plan_on_gpu_picks_bf16_imagenet_and_big_k():
@@ -97,7 +100,11 @@ def test_plan_on_gpu_picks_bf16_imagenet_and_big_k():
     picked = {c.key for c, _ in plan.picked}
     reasons = {c.key: r for c, r in plan.skipped}
     assert {"step/resnet50/bfloat16/b256", "step/resnet34/bfloat16/b256", "concurrent/resnet56/K8",
-            "vmap/resnet20/K8", "step/resnet110/float32/b128/vjp-on"} <= picked  # VJP is off by default on GPU
+            "vmap/resnet20/K8", "pair/resnet110/vjp"} <= picked
+    pair = next(c for c, _ in plan.picked if c.key == "pair/resnet110/vjp")
+    assert pair.vjp == "true"  # the VJP is off by default on a GPU, so the pair turns it on
+    order = [c.key for c, _ in plan.picked]
+    assert order.index("concurrent/resnet56/K8") < order.index("pair/resnet56/scan")  # packing first on a GPU
     assert set(reasons) == {"step/resnet18/float32/b16"} and "CPU only" in reasons["step/resnet18/float32/b16"]
 
 
@@ -136,7 +143,7 @@ def test_plan_skips_dependents_of_failed_cases_and_uses_corrections():
     remaining = [c for c in cases if c.key not in failed]
     plan = hr.plan(remaining, probe, settings(), 1e9, done=PROBE_DONE, failed=failed)
     reasons = {c.key: r for c, r in plan.skipped}
-    assert "timeout" in reasons["step/resnet56/float32/b128/scan"]
+    assert "timeout" in reasons["concurrent/resnet56/K2"]
     corrections = hr.Corrections()
     step = next(c for c in cases if c.kind == "step")
     corrections.add(step, wall_s=30.0, estimate=10.0)
@@ -179,9 +186,9 @@ def test_execute_respects_the_deadline_and_records_failures():
 
     def runner(case, timeout):
         timeouts.append((clock.t, timeout))
-        if case.key == "concurrent/resnet20/K2":
+        if case.key == "pair/resnet20/vjp":
             raise RuntimeError("boom")
-        true_s = 1e6 if case.key == "compile/resnet20" else 2 * hr.estimate_s(case, probe, s)
+        true_s = 1e6 if case.key == "step/plain56/float32/b128" else 2 * hr.estimate_s(case, probe, s)
         clock.t += min(true_s, timeout)
         return hr.Outcome("ok", {}) if true_s <= timeout else hr.Outcome("timeout", reason="killed")
 
@@ -189,9 +196,9 @@ def test_execute_respects_the_deadline_and_records_failures():
     assert clock.t <= budget
     assert all(start + t <= budget + 1e-9 for start, t in timeouts)
     status = {r["key"]: r["status"] for r in ex.records}
-    assert status.get("concurrent/resnet20/K2") == "failed"
-    assert "boom" in next(r["reason"] for r in ex.records if r["key"] == "concurrent/resnet20/K2")
-    assert status.get("compile/resnet20") == "timeout"
+    assert status.get("pair/resnet20/vjp") == "failed"
+    assert "boom" in next(r["reason"] for r in ex.records if r["key"] == "pair/resnet20/vjp")
+    assert status.get("step/plain56/float32/b128") == "timeout"
     assert ex.skipped and all(x["reason"] for x in ex.skipped)
     assert ex.initial_plan and hr.step_key("resnet20", "float32", 128) not in status  # the probe is not re-run
 
@@ -262,15 +269,16 @@ def test_fig6_projection_applies_the_packing_gain():
 
 
 def test_real_cpu_run_writes_the_report_within_its_budget(tmp_path):
-    """The whole command on this CPU with a 90 s budget and tiny steps: the probe, the packing and
-    input-pipeline sections (their subprocess paths), skips with reasons, JSON + Markdown."""
+    """The whole command on this CPU with a 90 s budget and tiny steps: the probe, then the scan/VJP
+    pairs, packing and input-pipeline sections as far as the budget goes (their subprocess paths),
+    skips with reasons, JSON + Markdown."""
     budget = 90
     out = tmp_path / "report"
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.hardware_report", f"--budget_s={budget}", f"--out={out}",
          "--batch_size=8", "--steps=1", "--warmup=0", "--num_examples=256", "--devices=1",
-         "--sections=packing,input", "--vmap=1,2", "--input_images=32", "--input_batch_size=8",
+         "--sections=ablation,packing,input", "--vmap=1,2", "--input_images=32", "--input_batch_size=8",
          "--input_batches=2", "--note=test run"],
         cwd=REPO, capture_output=True, text=True, timeout=budget + 120, check=False)
     took = time.monotonic() - start
@@ -336,9 +344,14 @@ def test_assemble_and_render_a_fake_gpu_report():
         record("step/resnet56/float32/b128", "step", fake_result("resnet56", step=0.02)),
         record("step/plain56/float32/b128", "step", fake_result("plain56", step=0.018)),
         record("step/resnet110/float32/b128", "step", fake_result("resnet110", step=0.05, scan=True)),
-        record("step/resnet110/float32/b128/unrolled", "step", fake_result("resnet110", step=0.04)),
-        record("step/resnet56/float32/b128/scan", "step", fake_result("resnet56", step=0.03, scan=True)),
-        record("step/resnet110/float32/b128/vjp-on", "step", fake_result("resnet110", step=0.07, scan=True, vjp=True)),
+        record("pair/resnet110/scan", "pair", {"a": fake_result("resnet110", step=0.05, scan=True),
+                                               "b": fake_result("resnet110", step=0.04), "ratio_b_over_a": 0.8}),
+        record("pair/resnet56/scan", "pair", {"a": fake_result("resnet56", step=0.02),
+                                              "b": fake_result("resnet56", step=0.03, scan=True),
+                                              "ratio_b_over_a": 1.5}),
+        record("pair/resnet110/vjp", "pair", {"a": fake_result("resnet110", step=0.05, scan=True),
+                                              "b": fake_result("resnet110", step=0.07, scan=True, vjp=True),
+                                              "ratio_b_over_a": 1.4}),
         record("step/resnet50/bfloat16/b256", "step", fake_result("resnet50", "bfloat16", 256, step=0.2)),
         record("concurrent/resnet20/K2", "concurrent", {"runs": runs, "mem_fraction": "0.45", "mps": True}),
         record("vmap/resnet20/K4", "vmap", fake_result("resnet20", step=0.02, replicas=4)),
@@ -365,6 +378,8 @@ def test_assemble_and_render_a_fake_gpu_report():
     assert conc["gain"] == pytest.approx((128 / 0.012 + 128 / 0.014) / (128 / 0.01)) and conc["mps"]
     (vm,) = report["packing"]["vmap"]
     assert vm["k"] == 4 and vm["gain"] == pytest.approx(2.0)
+    assert [p["ratio_unrolled_over_scan"] for p in report["ablation"]["scan_pairs"]] == [0.8, pytest.approx(1 / 1.5)]
+    assert report["ablation"]["vjp_pairs"][0]["ratio_off_over_on"] == pytest.approx(1 / 1.4)
     rec = report["ablation"]["recommendation"]
     assert rec["scan_auto_max_unrolled_blocks"]["value"] == 54  # unrolled won at 27 and 54 blocks
     assert rec["canonical_conv_grad"]["value"] is False  # the VJP lost on the GPU: keep it off
