@@ -164,6 +164,7 @@ class Settings:
     cpu_imagenet_batch_size: int = 16
     steps: int = 3
     warmup: int = 1
+    pair_steps: int = 5
     num_examples: int = 50_000
     devices: int = 1
     concurrent: tuple[int, ...] = (1, 2, 4, 8)
@@ -196,6 +197,7 @@ def resolve_settings(args: argparse.Namespace, platform_name: str) -> Settings:
         budget_s=args.budget_s, reserve_s=args.reserve_s if args.reserve_s is not None else max(5.0, 0.02 * args.budget_s),
         batch_size=args.batch_size, imagenet_batch_size=args.imagenet_batch_size,
         cpu_imagenet_batch_size=args.cpu_imagenet_batch_size, steps=steps, warmup=warmup,
+        pair_steps=args.pair_steps if args.pair_steps is not None else max(steps, 5),
         num_examples=args.num_examples, devices=args.devices, concurrent=tuple(args.concurrent),
         vmap=tuple(args.vmap), pack_dtype=args.pack_dtype, ablation_dtype=args.ablation_dtype,
         input_images=pick(args.input_images, 256, 2000), input_batch_size=pick(args.input_batch_size, 32, 256),
@@ -360,9 +362,9 @@ def build_cases(settings: Settings, probe: Probe) -> list[Case]:
     """Every case, most valuable first (the planner keeps this order and drops what does not fit);
     a case comes after the cases it is compared with.
 
-    The order: the float32 steps of the Fig. 6 nets; K concurrent runs (the sweep's packing) and the
-    scan/VJP pairs, the pairs first on a CPU (two cores cannot gain from packing), packing first on an
-    accelerator (the sweep's lever there); compile times; ImageNet steps and the input pipeline;
+    The order: the float32 steps of the Fig. 6 nets; then on a CPU the scan/VJP pairs, compile times and
+    K concurrent runs (a few cores cannot gain much from packing), on an accelerator packing first (the
+    sweep's lever there), then the pairs and compile times; ImageNet steps and the input pipeline;
     bfloat16 steps; then the costly rest: the scanned net without its CPU-default VJP (~10x slower on
     CPU) and vmapped replicas (grouped convs, slow on CPU)."""
     b, cpu = settings.batch_size, probe.platform == "cpu"
@@ -378,8 +380,8 @@ def build_cases(settings: Settings, probe: Probe) -> list[Case]:
     costly_on_cpu = [c for c in vjp_pairs if cpu and probe.nets[c.model]["auto_scan"]]
     cheap = [c for c in vjp_pairs if c not in costly_on_cpu]
     ablation = ("ablation", cheap[:1] + scan_pairs[:1] + cheap[1:] + scan_pairs[1:])
-    groups = [steps, ablation, packing] if cpu else [steps, packing, ablation]
-    groups.append(("compile", [Case(f"compile/{m}", "compile", "compile", m, b) for m in COMPILE_NETS]))
+    compiles = ("compile", [Case(f"compile/{m}", "compile", "compile", m, b) for m in COMPILE_NETS])
+    groups = [steps, ablation, compiles, packing] if cpu else [steps, packing, ablation, compiles]
     groups.append(("imagenet", [step_case("imagenet", m, "bfloat16", settings.imagenet_batch_size, backends=("gpu", "tpu"),
                                           why="ImageNet nets at batch 256 are for GPUs/TPUs")
                                 for m in IMAGENET_STEP_NETS] + [
@@ -467,7 +469,8 @@ def estimate_s(case: Case, probe: Probe, settings: Settings, cached: frozenset =
         build_a = (probe.init_s + probe.compile_s) * compile_scale(probe, case.model, resolved_scan(default, probe))
         if step_key(case.model, case.dtype, case.batch_size) in cached:
             build_a *= CACHED_COMPILE_SHARE
-        return probe.overhead_s + build_a + build + n_steps * (step_estimate(probe, default) + step)
+        return probe.overhead_s + build_a + build + (settings.pair_steps + settings.warmup) * (
+            step_estimate(probe, default) + step)
     if case.kind == "compile":
         return 2 * probe.overhead_s + (1 + CACHED_COMPILE_SHARE) * build
     if case.kind == "vmap":
@@ -753,7 +756,7 @@ class Runner:
         s = self.settings
         cmd = [sys.executable, "-m", "benchmarks.hardware_report", "--worker=pair", f"--model={case.model}",
                f"--batch_size={case.batch_size}", f"--dtype={case.dtype}", f"--scan={case.scan}",
-               f"--canonical_conv_grad={case.vjp}", f"--steps={s.steps}", f"--warmup={s.warmup}",
+               f"--canonical_conv_grad={case.vjp}", f"--steps={s.pair_steps}", f"--warmup={s.warmup}",
                f"--num_examples={s.num_examples}", f"--devices={s.devices}", f"--compilation_cache={self.cache}"]
         peak = s.peak_tflops or self.cpu_peaks.get(case.dtype)
         cmd += [f"--peak_tflops={peak}"] if peak else []
@@ -881,6 +884,13 @@ def verdict(a_s: float, b_s: float, a: str, b: str, tolerance: float = 0.05) -> 
     return "tie"
 
 
+def paired_verdict(a_s: float, b_s: float, ratio_b_over_a: float, a: str, b: str) -> str:
+    """A winner only when the two medians and the median of the interleaved ratios agree (beyond
+    noise): with a few steps on a shared machine either alone can mislead."""
+    by_medians, by_pairs = verdict(a_s, b_s, a, b), verdict(1.0, ratio_b_over_a, a, b)
+    return by_medians if by_medians == by_pairs else "tie"
+
+
 def scan_recommendation(pairs: list[dict], current: int) -> dict:
     """SCAN_AUTO_MAX_UNROLLED_BLOCKS from scan-vs-unrolled pairs (each: blocks, verdict).
 
@@ -937,26 +947,31 @@ def vjp_recommendation(pairs: list[dict], platform_name: str) -> dict:
             "text": f"{'keep' if value == default else 'turn'} it {word} on {platform_name} ({measured})"}
 
 
-def ablation(records: list[dict], nets: dict, platform_name: str, dtype: str) -> dict:
+def ablation(records: list[dict], steps: list[dict], nets: dict, platform_name: str, dtype: str) -> dict:
     """Scan vs unrolled and VJP on vs off, from the interleaved pairs, with the two recommendations."""
     scan_pairs, vjp_pairs = [], []
     for rec in records:
         if rec["kind"] != "pair" or rec["status"] != "ok":
             continue
-        a, b, ratio = rec["data"]["a"], rec["data"]["b"], rec["data"]["ratio_b_over_a"]
+        a, b, ratio = dict(rec["data"]["a"]), rec["data"]["b"], rec["data"]["ratio_b_over_a"]
         model, what = rec["key"].split("/")[1:]
+        own = next((r for r in steps if r["case"] == step_key(model, a["dtype"], a["batch_size"])), None)
+        if own:  # the default's cold compile: in the pair it was read from the shared cache
+            a["compile_s"] = own["compile_s"]
         if what == "scan":
             scanned, unrolled = (a, b) if a["scan"] else (b, a)
             paired = ratio if a["scan"] else 1 / ratio  # unrolled / scanned, the median of interleaved steps
             scan_pairs.append({"model": model, "blocks": nets[model]["blocks"], "step_s_scan": scanned["step_s"],
                                "step_s_unrolled": unrolled["step_s"], "compile_s_scan": scanned["compile_s"],
                                "compile_s_unrolled": unrolled["compile_s"], "ratio_unrolled_over_scan": paired,
-                               "verdict": verdict(1.0, paired, "scan", "unrolled")})
+                               "verdict": paired_verdict(scanned["step_s"], unrolled["step_s"], paired, "scan",
+                                                         "unrolled")})
         else:
             on, off = (a, b) if a["canonical_conv_grad"] else (b, a)
             paired = ratio if a["canonical_conv_grad"] else 1 / ratio  # off / on
             vjp_pairs.append({"model": model, "scan": a["scan"], "step_s_on": on["step_s"], "step_s_off": off["step_s"],
-                              "ratio_off_over_on": paired, "verdict": verdict(1.0, paired, "on", "off")})
+                              "ratio_off_over_on": paired,
+                              "verdict": paired_verdict(on["step_s"], off["step_s"], paired, "on", "off")})
     return {"dtype": dtype, "scan_pairs": scan_pairs, "vjp_pairs": vjp_pairs,
             "recommendation": {"backend": platform_name,
                                "scan_auto_max_unrolled_blocks": scan_recommendation(
@@ -1095,7 +1110,7 @@ def assemble(meta: dict, worker: dict, probe: Probe, settings: Settings, executi
         "steps": steps,
         "compile": compiles,
         "packing": {"mps": mps, "concurrent": concurrent, "vmap": vmapped},
-        "ablation": ablation(execution.records, probe.nets, probe.platform, settings.ablation_dtype),
+        "ablation": ablation(execution.records, steps, probe.nets, probe.platform, settings.ablation_dtype),
         "fig6": fig6_projection(steps, probe.nets, concurrent, settings.batch_size),
         "input_pipeline": input_section(execution.records, steps),
         "initial_plan": execution.initial_plan,
@@ -1195,6 +1210,12 @@ def render_packing(report: dict) -> list[str]:
         lines += md_table(["net", "K", "dtype", "1 run img/s", "K replicas img/s, total", "gain", "memory"], rows)
     if not p["concurrent"] and not p["vmap"]:
         lines.append("No packing case ran (see Skipped).")
+    m = report["machine"]
+    if p["concurrent"] and m["platform"] == "cpu" and max(report["load_avg_before"][0], report["load_avg_after"][0]) \
+            > m["cpu_count"]:
+        lines += ["", (f"Caveat: the load average was above the {m['cpu_count']} cores, so other jobs were running: "
+                       "K processes then also take a larger share of the cores from them than one process does, "
+                       "and the gain above is partly that share, not packing.")]
     return lines
 
 
@@ -1205,7 +1226,7 @@ def render_ablation(report: dict) -> list[str]:
               "their steps interleaved (A B, B A, ...), so a shared machine's changing load hits both alike."), ""]
     if a["scan_pairs"]:
         lines += md_table(["net", "blocks", "step s scanned", "step s unrolled", "unrolled / scanned (paired)",
-                           "compile s scanned / unrolled", "faster"],
+                           "cold compile s scanned / unrolled", "faster"],
                           [[p["model"], str(p["blocks"]), _f(p["step_s_scan"]), _f(p["step_s_unrolled"]),
                             _f(p["ratio_unrolled_over_scan"], ".2f"),
                             f"{_f(p['compile_s_scan'], '.1f')} / {_f(p['compile_s_unrolled'], '.1f')}", p["verdict"]]
@@ -1215,7 +1236,8 @@ def render_ablation(report: dict) -> list[str]:
                           [[p["model"], "yes" if p["scan"] else "no", _f(p["step_s_on"]), _f(p["step_s_off"]),
                             _f(p["ratio_off_over_on"], ".2f"), p["verdict"]] for p in a["vjp_pairs"]]) + [""]
     rec = a["recommendation"]
-    lines += [f"**Recommendation for {rec['backend']}** (a difference under 5% counts as a tie):", "",
+    lines += [(f"**Recommendation for {rec['backend']}** (a winner needs both the medians and the paired ratio "
+               "to differ by more than 5%; else a tie):"), "",
               f"- scan threshold: {rec['scan_auto_max_unrolled_blocks']['text']}",
               f"- canonical conv VJP: {rec['canonical_conv_grad']['text']}",
               "", ("`SCAN_AUTO_MAX_UNROLLED_BLOCKS` is deliberately the same on every backend (a net's parameter "
@@ -1380,6 +1402,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cpu_imagenet_batch_size", type=int, default=16, help="resnet18's batch on CPU")
     p.add_argument("--steps", type=int, default=None, help="timed steps per case (default: 3 on CPU, 20 else)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per case (default: 1 on CPU, 5 else)")
+    p.add_argument("--pair_steps", type=int, default=None,
+                   help="timed steps of each variant of a scan/VJP pair (default: max(steps, 5))")
     p.add_argument("--num_examples", type=int, default=50_000, help="random CIFAR images held on the device")
     p.add_argument("--devices", type=int, default=1, help="use the first N devices (default 1: per-device "
                    "numbers; 0: all, data parallel)")

@@ -390,3 +390,13 @@ def test_assemble_and_render_a_fake_gpu_report():
     for text in ("NVIDIA H100 80GB HBM3", "570.1", "of TF32", "GiB peak", "CUDA MPS: used", "K vmapped replicas",
                  "SCAN_AUTO_MAX_UNROLLED_BLOCKS = 54", "pipeline / step", "best packing measured: K = 2"):
         assert text in markdown, text
+
+
+def test_paired_verdict_needs_medians_and_pairs_to_agree():
+    assert hr.paired_verdict(1.0, 1.5, 1.4, "scan", "unrolled") == "scan"
+    assert hr.paired_verdict(2.18, 2.10, 1.08, "scan", "unrolled") == "tie"  # medians: unrolled by 4%, pairs: scan
+    assert hr.paired_verdict(1.0, 0.5, 0.6, "on", "off") == "off"
+
+
+def test_the_budget_counts_from_the_start_of_the_process():
+    assert 0 < hr.process_age_s() < 24 * 3600
