@@ -1114,7 +1114,7 @@ def assemble(meta: dict, worker: dict, probe: Probe, settings: Settings, executi
         "fig6": fig6_projection(steps, probe.nets, concurrent, settings.batch_size),
         "input_pipeline": input_section(execution.records, steps),
         "initial_plan": execution.initial_plan,
-        "cases": [{k: v for k, v in r.items() if k != "data"} for r in execution.records],
+        "cases": execution.records,  # with each case's raw result ("data"), so nothing is lost
         "skipped": execution.skipped,
         "failed": failed,
     }
@@ -1210,13 +1210,17 @@ def render_packing(report: dict) -> list[str]:
         lines += md_table(["net", "K", "dtype", "1 run img/s", "K replicas img/s, total", "gain", "memory"], rows)
     if not p["concurrent"] and not p["vmap"]:
         lines.append("No packing case ran (see Skipped).")
-    m = report["machine"]
-    if p["concurrent"] and m["platform"] == "cpu" and max(report["load_avg_before"][0], report["load_avg_after"][0]) \
-            > m["cpu_count"]:
-        lines += ["", (f"Caveat: the load average was above the {m['cpu_count']} cores, so other jobs were running: "
-                       "K processes then also take a larger share of the cores from them than one process does, "
-                       "and the gain above is partly that share, not packing.")]
+    if p["concurrent"] and loaded_cpu(report):
+        lines += ["", (f"Caveat: the load average was above the {report['machine']['cpu_count']} cores, so other "
+                       "jobs were running: K processes then also take a larger share of the cores from them than "
+                       "one process does, and the gain above is partly that share, not packing.")]
     return lines
+
+
+def loaded_cpu(report: dict) -> bool:
+    """A CPU backend whose load average exceeded its cores: other jobs shared the machine."""
+    m = report["machine"]
+    return m["platform"] == "cpu" and max(report["load_avg_before"][0], report["load_avg_after"][0]) > m["cpu_count"]
 
 
 def render_ablation(report: dict) -> list[str]:
@@ -1259,7 +1263,8 @@ def render_fig6(report: dict) -> list[str]:
         if k != "1":
             lines.append(f"- {k} runs at once per device: {hms(wall)} ({f['sequential_wall_s'] / wall:.2f}x)")
     if len(f["wall_s"]) > 1:
-        lines.append(f"- best packing measured: K = {f['best_k']}, {hms(f['best_wall_s'])}")
+        lines.append(f"- best packing measured: K = {f['best_k']}, {hms(f['best_wall_s'])}"
+                     + (" (but see the caveat on packing gains of a loaded CPU above)" if loaded_cpu(report) else ""))
     else:
         lines.append("- packing: no K > 1 measured in this dtype, so only the sequential time is projected")
     return lines + ["", f["note"] + "."]

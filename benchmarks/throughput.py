@@ -24,11 +24,15 @@ step, and nothing crosses from the host per step. Per configuration:
   x2 FLOPs per multiply-add, x3 for forward + two backward products) x images / ``step_s``;
   ``frac_of_peak`` against ``--peak_tflops``, or, when not given, a table of accelerator peaks by
   device kind (dense bf16; TF32 for float32 on NVIDIA) or, on CPU, a measured large matmul.
+* ``--canonical_conv_grad=true|false``: force the models' canonical conv VJP on or off (auto: on for
+  the CPU backend only); ``--scan=true|false`` likewise for ``nn.scan`` over the blocks.
 * ``--replicas=K``: K independent runs (own data order; same net) in one program, ``img_per_s``
   counts all K: ``--pack=vmap`` vmaps the train step (convs become grouped convs), ``--pack=unroll``
   puts K copies side by side. This is how to pack several seeds of one net onto one device.
 
-With ``--json`` one JSON object per configuration goes to stdout (the table to stderr).
+With ``--json`` one JSON object per configuration goes to stdout (the table to stderr). From Python,
+``benchmark(...)`` returns that object; ``prepare`` / ``run_steps`` / ``describe`` are its three parts
+(benchmarks/hardware_report.py times two prepared configurations interleaved with them).
 ``--sync=DIR:K`` (used by benchmarks/sweep_time.py, one configuration per process) times the steps
 only while K such processes all run on the device, to measure runs sharing a GPU.
 
