@@ -1158,7 +1158,8 @@ def render_header(report: dict) -> list[str]:
              ("load average (1, 5, 15 min)", f"before {report['load_avg_before']}, after {report['load_avg_after']}"),
              ("budget", (f"{report['elapsed_s']:.0f} s used of {report['budget_s']:.0f} s "
                          f"({100 * report['elapsed_s'] / report['budget_s']:.0f}%)")),
-             ("steps per measurement", (f"{s['warmup']} warm-up + {s['steps']} timed (median), "
+             ("steps per measurement", (f"{s['warmup']} warm-up + {s['steps']} timed (median; scan/VJP pairs: "
+                                        f"{s.get('pair_steps', s['steps'])} each), "
                                         f"{s['num_examples']:,} images on the device"))]
     for dt, p in report["peaks"].items():
         facts.append((f"peak {dt}", f"{_f(p['tflops'], '.3f')} TFLOP/s per device ({p['source']})"))
