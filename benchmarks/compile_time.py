@@ -1,7 +1,7 @@
 """Compile time of the real training step against depth, cold and from the persistent cache.
 
-    python benchmarks/compile_time.py                                  # resnet20,56,110,1202
-    python benchmarks/compile_time.py --model=resnet56,resnet110 --scan=false --json
+    python -m benchmarks.compile_time                                  # resnet20,56,110,1202
+    python -m benchmarks.compile_time --model=resnet56,resnet110 --scan=false --json
 
 For each net, two fresh processes run ``benchmarks/throughput.py --steps=0`` (lower and compile
 ``step.make_train_step``, no steps) on one new, empty persistent compilation cache: the first
@@ -21,11 +21,11 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def measure(model: str, batch_size: int, scan: str, cache_dir: str, timeout: float, devices: int = 0) -> dict:
-    cmd = [sys.executable, str(HERE / "throughput.py"), f"--model={model}", f"--batch_size={batch_size}",
+    cmd = [sys.executable, "-m", "benchmarks.throughput", f"--model={model}", f"--batch_size={batch_size}",
            "--steps=0", "--json", f"--scan={scan}", f"--compilation_cache={cache_dir}", "--num_examples=1024"]
     if devices:
         cmd.append(f"--devices={devices}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

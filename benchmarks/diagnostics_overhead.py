@@ -1,6 +1,6 @@
 """What the diagnostics (resnet_jax/diagnostics.py) cost next to the training step they watch.
 
-    python benchmarks/diagnostics_overhead.py --depth=56 --batch_size=128 --diagnostics_batch=128
+    python -m benchmarks.diagnostics_overhead --depth=56 --batch_size=128 --diagnostics_batch=128
 
 Builds exactly what ``train.train_and_evaluate`` runs, on random CIFAR-sized data held on the
 devices: ``step.make_train_step`` and ``diagnostics.Diagnostics`` (its own jitted program: an
@@ -21,7 +21,6 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402

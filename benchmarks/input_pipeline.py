@@ -1,8 +1,8 @@
 """Images/s one host's ImageNet input pipeline delivers, with the paper's augmentation.
 
-    python benchmarks/input_pipeline.py                                   # synthetic ImageNet-size JPEGs
-    python benchmarks/input_pipeline.py --dataset=imagenet2012 --data_dir=DATA_DIR
-    python benchmarks/input_pipeline.py --eval --json
+    python -m benchmarks.input_pipeline                                   # synthetic ImageNet-size JPEGs
+    python -m benchmarks.input_pipeline --dataset=imagenet2012 --data_dir=DATA_DIR
+    python -m benchmarks.input_pipeline --eval --json
 
 Runs the real pipeline of resnet_jax/data/tfds_stream.py (TFDS records -> decode the crop's window
 -> resize -> flip -> batches of uint8; or the centre crop with --eval) on this host, without the
@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks import jpeg_dataset  # noqa: E402

@@ -8,7 +8,7 @@ images have ImageNet's typical size (about 500x375, quality-90 JPEGs). Their pix
 CIFAR-10 images upscaled plus film grain (natural-image-like, ~90 KB per JPEG; ImageNet's average
 is ~110 KB) when a CIFAR-10 TFDS folder is given, else from smooth random patterns (small JPEGs).
 
-    python benchmarks/jpeg_dataset.py --data_dir /tmp/tfds --train 2000 --validation 500
+    python -m benchmarks.jpeg_dataset --data_dir /tmp/tfds --train 2000 --validation 500
 
 Then ``--config.dataset=synthetic_jpeg --config.data_dir=/tmp/tfds`` trains on it.
 """

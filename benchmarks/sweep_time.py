@@ -1,8 +1,8 @@
 """Wall time of a whole sweep (default: the Fig. 6 sweep), one run at a time or K at once per device.
 
-    python benchmarks/sweep_time.py                                    # Fig. 6, 64k steps, K = 1
-    python benchmarks/sweep_time.py --concurrent=1,2,4 --config.model.dtype=bfloat16   # a GPU
-    python benchmarks/sweep_time.py configs/cifar10_degradation.py:quick --concurrent=1,2
+    python -m benchmarks.sweep_time                                    # Fig. 6, 64k steps, K = 1
+    python -m benchmarks.sweep_time --concurrent=1,2,4 --config.model.dtype=bfloat16   # a GPU
+    python -m benchmarks.sweep_time configs/cifar10_degradation.py:quick --concurrent=1,2
 
 For every run of the sweep (with this launch's overrides: its net, batch size, dtype and
 num_train_steps), `benchmarks/throughput.py` measures the real training step. With K > 1, K
@@ -29,8 +29,6 @@ import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from resnet_jax import sweep  # noqa: E402  (light: no jax)
 
@@ -48,13 +46,13 @@ def model_name(config) -> str:
 def measure(model: str, batch_size: int, dtype: str, concurrent: int, steps: int, warmup: int, timeout: float) -> list[dict]:
     """throughput.py for `model` in `concurrent` processes at once; one result per process."""
     with tempfile.TemporaryDirectory(prefix="sweep_sync_") as sync:
-        cmd = [sys.executable, str(HERE / "throughput.py"), f"--model={model}", f"--batch_size={batch_size}",
+        cmd = [sys.executable, "-m", "benchmarks.throughput", f"--model={model}", f"--batch_size={batch_size}",
                f"--dtype={dtype}", f"--steps={steps}", f"--warmup={warmup}", "--json", f"--sync={sync}:{concurrent}"]
         env = dict(os.environ)
         if concurrent > 1:
             env.update(XLA_PYTHON_CLIENT_MEM_FRACTION=sweep.memory_fraction(concurrent) or "0.75",
                        XLA_PYTHON_CLIENT_PREALLOCATE="false")
-        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
                  for _ in range(concurrent)]
         results = []
         for p in procs:

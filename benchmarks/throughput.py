@@ -1,11 +1,11 @@
 """Training throughput of the real train step: step time, images/s, compile time, memory, FLOP/s.
 
-    python benchmarks/throughput.py --model=resnet20 --batch_size=128 --json
-    python benchmarks/throughput.py --model=resnet20,resnet56,plain56,resnet110 --batch_size=128
-    python benchmarks/throughput.py --model=resnet20 --dtype=bfloat16 --peak_tflops=989   # GPU, bf16
-    python benchmarks/throughput.py --model=resnet20 --replicas=1,4     # K vmapped runs in one program
-    python benchmarks/throughput.py --model=resnet20 --eval              # + one full test-set evaluation
-    python benchmarks/throughput.py --model=resnet34,plain34 --batch_size=256 --dtype=bfloat16   # ImageNet nets
+    python -m benchmarks.throughput --model=resnet20 --batch_size=128 --json
+    python -m benchmarks.throughput --model=resnet20,resnet56,plain56,resnet110 --batch_size=128
+    python -m benchmarks.throughput --model=resnet20 --dtype=bfloat16 --peak_tflops=989   # GPU, bf16
+    python -m benchmarks.throughput --model=resnet20 --replicas=1,4     # K vmapped runs in one program
+    python -m benchmarks.throughput --model=resnet20 --eval              # + one full test-set evaluation
+    python -m benchmarks.throughput --model=resnet34,plain34 --batch_size=256 --dtype=bfloat16   # ImageNet nets
 
 What is timed is exactly what ``train.train_and_evaluate`` runs: ``step.make_train_step(config,
 model, tx, mesh)`` (state replicated and donated, batch sharded over every device) on an
@@ -24,11 +24,15 @@ step, and nothing crosses from the host per step. Per configuration:
   x2 FLOPs per multiply-add, x3 for forward + two backward products) x images / ``step_s``;
   ``frac_of_peak`` against ``--peak_tflops``, or, when not given, a table of accelerator peaks by
   device kind (dense bf16; TF32 for float32 on NVIDIA) or, on CPU, a measured large matmul.
+* ``--canonical_conv_grad=true|false``: force the models' canonical conv VJP on or off (auto: on for
+  the CPU backend only); ``--scan=true|false`` likewise for ``nn.scan`` over the blocks.
 * ``--replicas=K``: K independent runs (own data order; same net) in one program, ``img_per_s``
   counts all K: ``--pack=vmap`` vmaps the train step (convs become grouped convs), ``--pack=unroll``
   puts K copies side by side. This is how to pack several seeds of one net onto one device.
 
-With ``--json`` one JSON object per configuration goes to stdout (the table to stderr).
+With ``--json`` one JSON object per configuration goes to stdout (the table to stderr). From Python,
+``benchmark(...)`` returns that object; ``prepare`` / ``run_steps`` / ``describe`` are its three parts
+(benchmarks/hardware_report.py times two prepared configurations interleaved with them).
 ``--sync=DIR:K`` (used by benchmarks/sweep_time.py, one configuration per process) times the steps
 only while K such processes all run on the device, to measure runs sharing a GPU.
 
@@ -42,6 +46,7 @@ whether the hosts can feed the accelerators. ``--replicas`` and ``--eval`` are C
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -52,8 +57,6 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -79,8 +82,8 @@ PEAK_TFLOPS = (
     ("A10", (125.0, 62.5)),
     ("V100", (125.0, 15.7)),
     ("TPU v6", (918.0, 918.0)),
-    ("TPU v5p", (459.0, 459.0)),
-    ("TPU v5", (197.0, 197.0)),  # v5e / v5 lite
+    ("TPU v5 lite", (197.0, 197.0)),  # v5e reports "TPU v5 lite"
+    ("TPU v5", (459.0, 459.0)),  # v5p reports "TPU v5" (or "TPU v5p")
     ("TPU v4", (275.0, 275.0)),
 )
 
@@ -108,7 +111,8 @@ def parse_model(name: str) -> dict:
     return fields
 
 
-def make_config(name: str, batch_size: int, dtype: str = "float32", scan: bool | None = None):
+def make_config(name: str, batch_size: int, dtype: str = "float32", scan: bool | None = None,
+                canonical_conv_grad: bool | None = None):
     f = parse_model(name)
     family = "imagenet" if f.pop("imagenet", False) else "cifar10"
     arg = ",".join(f"{k}={v}" for k, v in f.items())
@@ -116,7 +120,26 @@ def make_config(name: str, batch_size: int, dtype: str = "float32", scan: bool |
     config.batch_size = batch_size
     config.model.dtype = dtype
     config.model.scan = scan
+    config.model.canonical_conv_grad = canonical_conv_grad  # None: the model's default (on for CPU only)
     return config
+
+
+def num_classes(config) -> int:
+    return datasets.num_classes(config.dataset, config.get("num_classes"))
+
+
+def benchmark_model(name: str, dtype: str = "float32", scan: bool | None = None,
+                    canonical_conv_grad: bool | None = None):
+    """The model `benchmark` times for `name` (for MACs and block counts without running anything)."""
+    config = make_config(name, 8, dtype, scan, canonical_conv_grad)
+    return models.from_config(config.model, num_classes(config))
+
+
+def uses_canonical_conv_grad(model) -> bool:
+    """Whether `model` runs the canonical conv VJP (its None default means: on the CPU backend only)."""
+    if model.canonical_conv_grad is None:
+        return jax.default_backend() == "cpu"
+    return bool(model.canonical_conv_grad)
 
 
 def random_device_data(mesh, num_examples: int, batch_size: int, eval_batch_size: int = 1000,
@@ -220,13 +243,14 @@ def peak_tflops(device, dtype: str, given: float | None) -> tuple[float | None, 
 
 
 @functools.lru_cache(maxsize=4)
-def _setup(name: str, batch_size: int, dtype: str, scan: bool | None, devices: tuple, num_examples: int):
+def _setup(name: str, batch_size: int, dtype: str, scan: bool | None, devices: tuple, num_examples: int,
+           canonical_conv_grad: bool | None = None):
     """Config, model, optimizer, mesh, data on the devices and the jitted init of one net (shared by
     the configurations that differ only in replicas, so init compiles once)."""
     mesh = sharding.make_mesh(list(devices))
-    config = make_config(name, batch_size, dtype, scan)
+    config = make_config(name, batch_size, dtype, scan, canonical_conv_grad)
     config_checks.validate_config(config, mesh.size)
-    classes = datasets.num_classes(config.dataset, config.get("num_classes"))
+    classes = num_classes(config)
     model = models.from_config(config.model, classes)
     tx = optim.make_optimizer(config)
     if is_streamed(config):
@@ -244,12 +268,35 @@ def is_streamed(config) -> bool:
     return datasets.REGISTRY[config.dataset].load is tfds_stream.load
 
 
-def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int = 10, warmup: int = 3,
-              devices=None, num_examples: int = 50_000, replicas: int = 1, pack: str = "vmap",
-              scan: bool | None = None, peak: float | None = None, with_eval: bool = False,
-              sync: tuple[str, int] | None = None) -> dict:
+@dataclasses.dataclass
+class Prepared:
+    """One configuration's compiled training step with its state and data on the devices."""
+
+    name: str
+    batch_size: int
+    dtype: str
+    replicas: int
+    pack: str
+    devices: list
+    config: object
+    model: object
+    mesh: object
+    data: object
+    inputs: object    # what the step receives each step (the on-device split, or a decoded batch)
+    state: object
+    compiled: object
+    init_s: float
+    lower_s: float
+    compile_s: float
+
+
+def prepare(name: str, batch_size: int, dtype: str = "float32", *, devices=None, num_examples: int = 50_000,
+            replicas: int = 1, pack: str = "vmap", scan: bool | None = None,
+            canonical_conv_grad: bool | None = None, with_eval: bool = False) -> Prepared:
+    """Builds, initialises, lowers and compiles the real training step of one configuration."""
     devices = list(devices or jax.devices())
-    config, model, tx, mesh, data, inputs, init = _setup(name, batch_size, dtype, scan, tuple(devices), num_examples)
+    config, model, tx, mesh, data, inputs, init = _setup(name, batch_size, dtype, scan, tuple(devices), num_examples,
+                                                         canonical_conv_grad)
     replicated = NamedSharding(mesh, P())
     if is_streamed(config) and (replicas > 1 or with_eval):
         raise ValueError(f"{name}: --replicas and --eval are for CIFAR nets")
@@ -274,57 +321,80 @@ def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int 
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
+    return Prepared(name, batch_size, dtype, replicas, pack, devices, config, model, mesh, data, inputs, state,
+                    compiled, init_s, t1 - t0, t2 - t1)
 
+
+def run_steps(p: Prepared, steps: int) -> list[float]:
+    """Seconds of each of `steps` steps, each one timed to the end of the computation."""
     times = []
-    if steps > 0:
-        for _ in range(warmup):
-            state = compiled(state, inputs)
-        jax.block_until_ready(state)
-        if sync:
-            _arrive(sync, "ready")
-        for _ in range(steps):
-            t = time.perf_counter()
-            state = compiled(state, inputs)
-            jax.block_until_ready(state)
-            times.append(time.perf_counter() - t)
-        if sync:  # keep the device as busy for the others until every process has its timings
-            while not _arrive(sync, "done", wait=False):
-                state = compiled(state, inputs)
-                jax.block_until_ready(state)
-        first = state[0] if isinstance(state, tuple) else state
-        loss = float(np.asarray(jax.device_get(first.sums["loss"])).ravel()[0])
-        if not np.isfinite(loss):
-            raise RuntimeError(f"{name}: the loss is {loss}; the benchmark step is broken")
+    for _ in range(steps):
+        t = time.perf_counter()
+        p.state = p.compiled(p.state, p.inputs)
+        jax.block_until_ready(p.state)
+        times.append(time.perf_counter() - t)
+    return times
 
-    device = devices[0]
+
+def check_loss(p: Prepared) -> None:
+    first = p.state[0] if isinstance(p.state, tuple) else p.state
+    loss = float(np.asarray(jax.device_get(first.sums["loss"])).ravel()[0])
+    if not np.isfinite(loss):
+        raise RuntimeError(f"{p.name}: the loss is {loss}; the benchmark step is broken")
+
+
+def describe(p: Prepared, times: list[float], peak: float | None = None) -> dict:
+    """The result row of one configuration from its timed steps (see the module docstring)."""
+    device = p.devices[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     try:
-        temp = compiled.memory_analysis().temp_size_in_bytes
+        temp = p.compiled.memory_analysis().temp_size_in_bytes
     except Exception:  # not every backend reports it
         temp = None
-    macs = models.count_macs(model)
-    images = batch_size * replicas
+    macs = models.count_macs(p.model)
+    images = p.batch_size * p.replicas
     step_s = statistics.median(times) if times else None
     result = {
-        "model": name, "batch_size": batch_size, "dtype": dtype, "replicas": replicas,
-        "pack": pack if replicas > 1 else None,
-        "scan": model.use_scan, "devices": len(devices), "platform": device.platform,
-        "device_kind": device.device_kind, "host": run_dir.host_description(),
+        "model": p.name, "batch_size": p.batch_size, "dtype": p.dtype, "replicas": p.replicas,
+        "pack": p.pack if p.replicas > 1 else None,
+        "scan": p.model.use_scan, "canonical_conv_grad": uses_canonical_conv_grad(p.model), "devices": len(p.devices),
+        "platform": device.platform, "device_kind": device.device_kind, "host": run_dir.host_description(),
         "step_s": step_s, "step_s_min": min(times) if times else None, "step_s_max": max(times) if times else None,
         "steps_timed": len(times), "img_per_s": images / step_s if step_s else None,
-        "lower_s": t1 - t0, "compile_s": t2 - t1, "init_s": init_s,  # init_s: compile + run (0 compile if shared)
+        "lower_s": p.lower_s, "compile_s": p.compile_s, "init_s": p.init_s,  # init_s: compile + run (0 compile if shared)
         "peak_bytes": (stats or {}).get("peak_bytes_in_use"), "temp_bytes": temp,
         "macs_per_image": macs, "flops_per_step": 6 * macs * images,
     }
     if step_s:
-        per_device_peak, source = peak_tflops(device, dtype, peak)
+        per_device_peak, source = peak_tflops(device, p.dtype, peak)
         achieved = 6 * macs * images / step_s / 1e12
-        result.update(tflops=achieved, peak_tflops=per_device_peak and per_device_peak * len(devices),
+        result.update(tflops=achieved, peak_tflops=per_device_peak and per_device_peak * len(p.devices),
                       peak_source=source,
-                      frac_of_peak=achieved / (per_device_peak * len(devices)) if per_device_peak else None)
+                      frac_of_peak=achieved / (per_device_peak * len(p.devices)) if per_device_peak else None)
+    return result
+
+
+def benchmark(name: str, batch_size: int, dtype: str = "float32", *, steps: int = 10, warmup: int = 3,
+              devices=None, num_examples: int = 50_000, replicas: int = 1, pack: str = "vmap",
+              scan: bool | None = None, peak: float | None = None, with_eval: bool = False,
+              sync: tuple[str, int] | None = None, canonical_conv_grad: bool | None = None) -> dict:
+    p = prepare(name, batch_size, dtype, devices=devices, num_examples=num_examples, replicas=replicas, pack=pack,
+                scan=scan, canonical_conv_grad=canonical_conv_grad, with_eval=with_eval)
+    times = []
+    if steps > 0:
+        run_steps(p, warmup)
+        if sync:
+            _arrive(sync, "ready")
+        times = run_steps(p, steps)
+        if sync:  # keep the device as busy for the others until every process has its timings
+            while not _arrive(sync, "done", wait=False):
+                run_steps(p, 1)
+        check_loss(p)
+    result = describe(p, times, peak)
     if with_eval:
+        state = p.state
         one = state if replicas == 1 else state[0] if pack == "unroll" else jax.tree.map(lambda x: x[0], state)
-        result.update(eval_timing(config, model, one, mesh, data, step_s))
+        result.update(eval_timing(p.config, p.model, one, p.mesh, p.data, result["step_s"]))
     result["load_avg"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
@@ -397,6 +467,16 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def use_compilation_cache(folder: str) -> None:
+    """Every compile through `folder` as a persistent cache ('' = off, so compile times are cold)."""
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    else:
+        jax.config.update("jax_enable_compilation_cache", False)
+
+
 def _csv(kind):
     return lambda text: [kind(x) for x in text.split(",") if x]
 
@@ -410,6 +490,8 @@ def main(argv=None) -> int:
     p.add_argument("--pack", choices=("vmap", "unroll"), default="vmap",
                    help="how K > 1 runs share the program: vmapped (grouped convs) or side by side")
     p.add_argument("--scan", choices=("auto", "true", "false"), default="auto", help="nn.scan over blocks")
+    p.add_argument("--canonical_conv_grad", choices=("auto", "true", "false"), default="auto",
+                   help="the model's canonical conv VJP (auto: on for the CPU backend only)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (0: compile only)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
     p.add_argument("--devices", type=int, default=0, help="use the first N devices (0: all)")
@@ -422,14 +504,10 @@ def main(argv=None) -> int:
                    "(benchmarks/sweep_time.py --concurrent)")
     args = p.parse_args(argv)
 
-    if args.compilation_cache:
-        os.makedirs(args.compilation_cache, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    else:
-        jax.config.update("jax_enable_compilation_cache", False)
+    use_compilation_cache(args.compilation_cache)
     devices = jax.devices()[:args.devices] if args.devices else jax.devices()
     scan = {"auto": None, "true": True, "false": False}[args.scan]
+    canonical = {"auto": None, "true": True, "false": False}[args.canonical_conv_grad]
     sync = (args.sync.rsplit(":", 1)[0], int(args.sync.rsplit(":", 1)[1])) if args.sync else None
     results = []
     for name in args.model:
@@ -438,7 +516,8 @@ def main(argv=None) -> int:
                 for k in args.replicas:
                     r = benchmark(name, batch, dtype, steps=args.steps, warmup=args.warmup, devices=devices,
                                   num_examples=args.num_examples, replicas=k, pack=args.pack, scan=scan,
-                                  peak=args.peak_tflops, with_eval=args.eval, sync=sync)
+                                  peak=args.peak_tflops, with_eval=args.eval, sync=sync,
+                                  canonical_conv_grad=canonical)
                     results.append(r)
                     if args.json:
                         print(json.dumps(r), flush=True)

@@ -1,7 +1,7 @@
 """The same training step in PyTorch, for a side-by-side with benchmarks/throughput.py.
 
     pip install -e '.[bench]'        # torch (CPU build is enough)
-    python benchmarks/torch_reference.py --model=resnet20 --batch_size=128 --json
+    python -m benchmarks.torch_reference --model=resnet20 --batch_size=128 --json
 
 A faithful PyTorch CIFAR ResNet of He et al. (2016), section 4.2: 3x3 conv stem, three stages of n
 basic blocks (16/32/64 filters), option-A shortcuts (stride-2 subsample + zero-padded channels),

@@ -14,21 +14,21 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from resnet_jax import models, optim, sharding, step as step_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-BENCH = REPO / "benchmarks"
-sys.path.insert(0, str(BENCH))
 
 KEYS = {"model", "batch_size", "dtype", "step_s", "img_per_s", "compile_s", "lower_s", "replicas", "peak_bytes",
         "tflops", "frac_of_peak", "device_kind", "load_avg"}
 
 
-def run_script(*args, timeout=180):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run_script(module, *args, timeout=180):
+    """`python -m benchmarks.MODULE ARGS` from the repository root, as the README runs them."""
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def test_throughput_script_emits_one_json_line_per_configuration():
-    proc = run_script(BENCH / "throughput.py", "--model=resnet8", "--batch_size=8", "--replicas=1,2", "--pack=unroll",
+    proc = run_script("throughput", "--model=resnet8", "--batch_size=8", "--replicas=1,2", "--pack=unroll",
                       "--steps=2", "--warmup=0", "--num_examples=64", "--devices=1", "--peak_tflops=2", "--json")
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [(r["model"], r["replicas"], r["pack"]) for r in rows] == [("resnet8", 1, None), ("resnet8", 2, "unroll")]
@@ -45,7 +45,7 @@ def test_throughput_script_emits_one_json_line_per_configuration():
 
 def test_compile_time_script_reports_cold_and_cached_compiles(monkeypatch, capsys):
     """Each net is measured twice on one fresh cache directory (cold, then cached); nothing runs here."""
-    import compile_time
+    from benchmarks import compile_time
 
     calls = []
 
@@ -64,7 +64,7 @@ def test_compile_time_script_reports_cold_and_cached_compiles(monkeypatch, capsy
 
 
 def test_sweep_time_extrapolates_round_robin_slots():
-    import sweep_time
+    from benchmarks import sweep_time
 
     assert sweep_time.makespan([3.0, 1.0, 2.0], 1) == 6.0
     assert sweep_time.makespan([3.0, 1.0, 2.0], 2) == 5.0  # slot 0: runs 0 and 2, as launch.sh assigns them
@@ -79,14 +79,14 @@ def test_sweep_time_extrapolates_round_robin_slots():
 
 def test_torch_reference_runs():
     pytest.importorskip("torch")
-    proc = run_script(BENCH / "torch_reference.py", "--model=resnet8", "--batch_size=8", "--steps=1", "--warmup=0",
+    proc = run_script("torch_reference", "--model=resnet8", "--batch_size=8", "--steps=1", "--warmup=0",
                       "--num_examples=64", "--json")
     (row,) = [json.loads(line) for line in proc.stdout.splitlines()]
     assert {"model", "batch_size", "dtype", "step_s", "img_per_s", "compile_s"} <= set(row)
 
 
 def test_benchmark_models_match_the_paper_nets():
-    import throughput
+    from benchmarks import throughput
 
     assert throughput.parse_model("plain56") == dict(depth=56, residual=False, shortcut="A", preact=False,
                                                      bottleneck=False)
@@ -115,7 +115,7 @@ def test_train_step_compiles_once():
     """The state the step returns has the shardings, dtypes and weak types of the one it takes, so
     jit never compiles the step again after the first call (a second compile per run would cost
     seconds to minutes for deep nets, and a recompile per step would make training crawl)."""
-    import throughput
+    from benchmarks import throughput
 
     config = throughput.make_config("resnet8", 16)
     config.log_every = 2
@@ -142,7 +142,7 @@ def test_train_step_compiles_once():
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_input_pipeline_benchmark_reports_images_per_second(tmp_path, mode):
-    proc = run_script(BENCH / "input_pipeline.py", f"--data_dir={tmp_path}", "--num_images=48", "--batch_size=8",
+    proc = run_script("input_pipeline", f"--data_dir={tmp_path}", "--num_images=48", "--batch_size=8",
                       "--batches=2", "--warmup=1", "--image_size=64", "--shuffle_buffer=16", "--json",
                       *(["--eval"] if mode == "eval" else []))
     row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -152,7 +152,7 @@ def test_input_pipeline_benchmark_reports_images_per_second(tmp_path, mode):
 
 
 def test_throughput_of_an_imagenet_net_runs_the_streamed_step():
-    proc = run_script(BENCH / "throughput.py", "--model=resnet18", "--batch_size=8", "--steps=1", "--warmup=0",
+    proc = run_script("throughput", "--model=resnet18", "--batch_size=8", "--steps=1", "--warmup=0",
                       "--devices=2", "--json")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert row["model"] == "resnet18" and row["macs_per_image"] == 1_794_805_760  # option A: 1.8G, no projections
