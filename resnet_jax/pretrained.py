@@ -43,7 +43,8 @@ import json
 import os
 import re
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -127,7 +128,8 @@ def _block(layer: int, index: int, in_ch: int, features: int, stride: int, bottl
         convs = [(features, in_ch, 3), (features, features, 3)]
     slots = []
     for i, (out_ch, cin, k) in enumerate(convs, 1):
-        slots += _conv(f"{t}.conv{i}", ours + (f"conv{i}",), out_ch, cin, k) + _bn(f"{t}.bn{i}", ours + (f"bn{i}",), out_ch)
+        slots += _conv(f"{t}.conv{i}", ours + (f"conv{i}",), out_ch, cin, k)
+        slots += _bn(f"{t}.bn{i}", ours + (f"bn{i}",), out_ch)
     out_ch = convs[-1][0]
     if stride != 1 or in_ch != out_ch:  # option B: project where the shape changes
         slots += _conv(f"{t}.downsample.0", ours + ("proj_conv",), out_ch, in_ch, 1)
@@ -316,8 +318,8 @@ class WeightsInfo:
     @property
     def model_kwargs(self) -> dict:
         """``models.create_model("imagenet", **info.model_kwargs)`` (or ``create_model(info.model_name, ...)``)."""
-        return dict(depth=self.depth, num_classes=self.num_classes, residual=True, shortcut=self.shortcut,
-                    stride_in_3x3=self.stride_in_3x3, scan=self.scan)
+        return {"depth": self.depth, "num_classes": self.num_classes, "residual": True, "shortcut": self.shortcut,
+                "stride_in_3x3": self.stride_in_3x3, "scan": self.scan}
 
     def create_model(self, **overrides):
         """The matching ``ImageNetResNet``; ``overrides`` (e.g. ``dtype``) go to ``models.create_model``."""
@@ -391,7 +393,8 @@ def _one_line(error: BaseException) -> str:
 def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     try:
         with safetensors.safe_open(path, framework="numpy") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+            return tensors, dict(f.metadata() or {})
     except safetensors.SafetensorError as e:
         raise ValueError(f"{path}: not a readable .safetensors file ({_one_line(e)}); "
                          "is it truncated? re-download or re-export it") from None
@@ -405,7 +408,7 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
                           "(or convert it to .safetensors where torch is installed)") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
         raise ValueError(f"{path}: not a readable torch state dict ({_one_line(e)}); is it truncated? "
                          "re-download it, or save model.state_dict() rather than the model") from None
     return {k: _as_numpy(v) for k, v in _unwrap_checkpoint(obj, path).items()}
@@ -564,7 +567,8 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="depth, classes, v1/v1.5 and parameter count of a weights file")
     info.add_argument("file")
     export = sub.add_parser("export", help="a run's checkpoint -> torchvision-layout .safetensors")
-    export.add_argument("--workdir", required=True, help="a run's workdir (latest checkpoint) or WORKDIR/checkpoints/STEP")
+    export.add_argument("--workdir", required=True,
+                        help="a run's workdir (its latest checkpoint) or WORKDIR/checkpoints/STEP")
     export.add_argument("--out", required=True, help="the .safetensors file to write")
     convert = sub.add_parser("convert", help="a .pth (or .safetensors) -> checked torchvision-layout .safetensors")
     convert.add_argument("src")

@@ -207,7 +207,8 @@ def test_bad_files_are_named(tmp_path, monkeypatch):
         pretrained.load(tmp_path / "absent.pth")
     (tmp_path / "w.pth").write_bytes(b"PK\x03\x04" + bytes(100))
     monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
-    with pytest.raises(ImportError, match=r"w.pth: reading a torch .pth file needs torch: pip install 'resnet_jax\[torch\]'"):
+    needs_torch = r"w.pth: reading a torch .pth file needs torch: pip install 'resnet_jax\[torch\]'"
+    with pytest.raises(ImportError, match=needs_torch):
         pretrained.load(tmp_path / "w.pth")
 
 
@@ -346,11 +347,11 @@ def test_scanned_resnet101_logits_equal_torchvision(tv):
 
 
 def test_torchvision_loads_the_export_strictly(tv, tmp_path):
-    torch, torchvision = tv
+    _, torchvision = tv
     import safetensors.torch
 
     net = torchvision_net(tv, 50)
-    params, batch_stats, info = pretrained.from_torchvision(net.state_dict())
+    params, batch_stats, _ = pretrained.from_torchvision(net.state_dict())
     pretrained.export_safetensors(params, batch_stats, tmp_path / "export.safetensors", stride_in_3x3=True)
     fresh = torchvision.models.resnet50()
     fresh.load_state_dict(safetensors.torch.load_file(str(tmp_path / "export.safetensors")), strict=True)
