@@ -316,6 +316,12 @@ class WeightsInfo:
         return f"resnet{self.depth}"
 
     @property
+    def normalization(self) -> str:
+        """The ``normalize`` kind the weights expect: the file's metadata (our exports), else torchvision's."""
+        kind = self.metadata.get("normalization")
+        return kind if kind in NORMALIZATIONS else "torchvision"
+
+    @property
     def model_kwargs(self) -> dict:
         """``models.create_model("imagenet", **info.model_kwargs)`` (or ``create_model(info.model_name, ...)``)."""
         return {"depth": self.depth, "num_classes": self.num_classes, "residual": True, "shortcut": self.shortcut,
@@ -376,11 +382,13 @@ def _file_kind(path: str) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     with open(path, "rb") as f:
-        head = f.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip archive, or its legacy pickle
-        return "torch"
-    if len(head) == 9 and head[8:9] == b"{":  # 8-byte header length, then the JSON header
+        head = f.read(10)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Checked first: the
+    # length's low byte can be 0x80, which also opens a pickle.
+    if len(head) >= 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= os.path.getsize(path):
         return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:2] == b"\x80\x02":  # torch.save's zip archive, or its legacy pickle
+        return "torch"
     raise ValueError(f"{path}: neither a .safetensors nor a torch .pth file, or truncated "
                      f"(it starts with {head[:8]!r}); re-download or re-export it")
 
@@ -511,7 +519,7 @@ def export_safetensors(params: Mapping, batch_stats: Mapping, path: str, *, stri
     v1; torchvision itself only has v1.5. ``metadata``: more str -> str entries for the header.
     """
     state = to_torchvision(params, batch_stats)
-    depth = _our_depth(unstack_scanned_blocks(dict(params)))
+    depth = detect_depth(state)
     header = {"format": "pt", "arch": f"resnet{depth}", "num_classes": str(state["fc.bias"].shape[0]),
               "library": "resnet_jax", **(metadata or {})}
     if stride_in_3x3 is not None:
@@ -555,7 +563,8 @@ def export_run(workdir: str, out: str) -> WeightsInfo:
                          "shortcut B export")
     params, batch_stats, step = finetune.load_variables(workdir)
     stride = model.get("stride_in_3x3")
-    extra = {"step": str(step), "run": str(config.get("name", os.path.basename(os.path.abspath(workdir))))}
+    extra = {"step": str(step), "run": str(config.get("name", os.path.basename(os.path.abspath(workdir)))),
+             "normalization": str(config.get("normalization", "mean"))}  # our runs subtract the mean only
     if config.get("dataset"):
         extra["dataset"] = str(config["dataset"])
     return export_safetensors(params, batch_stats, out, stride_in_3x3=stride, metadata=extra)

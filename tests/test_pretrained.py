@@ -212,6 +212,18 @@ def test_bad_files_are_named(tmp_path, monkeypatch):
         pretrained.load(tmp_path / "w.pth")
 
 
+def test_file_kind_is_read_off_the_content(tmp_path, monkeypatch):
+    """A .safetensors header length whose low byte is 0x80 (as a pickle starts) is still a .safetensors file."""
+    state = synthetic_state_dict(18)
+    for pad in range(0, 256, 8):
+        path = save(tmp_path, state, "odd.bin", metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    monkeypatch.setitem(sys.modules, "torch", None)  # a torch reader would fail
+    assert pretrained.load(path)[2].metadata["pad"]
+
+
 def test_nets_without_a_torchvision_layout_are_refused():
     def zeros(name, **kw):
         v = models.abstract_variables(models.create_model(name, **kw), (1, IMAGE, IMAGE, 3))
@@ -245,7 +257,7 @@ def test_export_round_trip_is_exact(tmp_path, depth):
     params2, batch_stats2, info2 = pretrained.load(path)
     assert_trees_equal(params2, params)
     assert_trees_equal(batch_stats2, batch_stats)
-    assert info2.stride_source == pretrained.DEFAULT_STRIDE_SOURCE
+    assert info2.stride_source == pretrained.DEFAULT_STRIDE_SOURCE and info2.normalization == "torchvision"
 
 
 def test_v1_is_kept_in_the_metadata(tmp_path):
@@ -283,6 +295,7 @@ def test_cli_exports_a_run_and_describes_the_file(tmp_path, capsys):
     assert_trees_equal(loaded_params, params)
     assert_trees_equal(loaded_bs, batch_stats)
     assert info.metadata["step"] == "7" and info.metadata["run"] == "resnet-18" and not info.stride_in_3x3
+    assert info.normalization == "mean"
     assert pretrained.main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(f"{out}: resnet18: 5 classes, basic blocks (v1 = v1.5) [file metadata], "
@@ -367,8 +380,10 @@ def test_pth_checkpoints_and_bad_pth_files(tv, tmp_path):
     net = torchvision_net(tv, 18)
     wrapped = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}
     torch.save(wrapped, tmp_path / "ckpt.pth")
-    params = pretrained.load(tmp_path / "ckpt.pth")[0]
-    np.testing.assert_array_equal(params["fc"]["kernel"], net.fc.weight.detach().numpy().T)
+    torch.save(net.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    for name in ("ckpt.pth", "legacy.pth"):
+        params = pretrained.load(tmp_path / name)[0]
+        np.testing.assert_array_equal(params["fc"]["kernel"], net.fc.weight.detach().numpy().T)
     data = (tmp_path / "ckpt.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
     message = error_of(pretrained.load, tmp_path / "cut.pth")
