@@ -271,10 +271,13 @@ def block_counts(keys) -> tuple[tuple[int, ...], bool]:
     return tuple(counts), bottleneck
 
 
+def _depth_of(counts: tuple[int, ...], bottleneck: bool) -> int | None:
+    return next((d for d, a in architectures().items() if a == (tuple(counts), bottleneck)), None)
+
+
 def detect_depth(keys) -> int | None:
     """The torchvision ResNet whose blocks these keys have, or None."""
-    arch = block_counts(keys)
-    return next((d for d, a in architectures().items() if a == arch), None)
+    return _depth_of(*block_counts(keys))
 
 
 def _clean(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -473,10 +476,11 @@ def _our_depth(params: Mapping) -> int:
         if match:
             counts[int(match.group(1)) - 1] = max(counts[int(match.group(1)) - 1], int(match.group(2)))
     bottleneck = "conv3" in params.get("stage1_block1", {})
-    depth = next((d for d, a in architectures().items() if a == (tuple(counts), bottleneck)), None)
+    depth = _depth_of(tuple(counts), bottleneck)
     if depth is None:
+        known = "/".join(map(str, TORCHVISION_DEPTHS))
         raise ValueError(f"these variables are no torchvision ResNet: {'bottleneck' if bottleneck else 'basic'} "
-                         f"blocks {tuple(counts)} per stage (torchvision has resnet{TORCHVISION_DEPTHS})")
+                         f"blocks {tuple(counts)} per stage (torchvision has resnet{known})")
     return depth
 
 
