@@ -6,6 +6,7 @@ Any config field can be overridden: ``--config.num_train_steps=2000``, ``--confi
 """
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import sys
 
@@ -61,38 +62,60 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (fields are set with --config.FIELD=VALUE)")
     from absl import logging
 
-    from resnet_jax import data, train
+    from resnet_jax import checkpointing, data, train, workdir_lock
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+    for handler in pylogging.getLogger().handlers:
+        handler.addFilter(_quiet_disk_full)
     _initialize_distributed()
     _enable_compilation_cache(FLAGS.compilation_cache)
+    expected = (ValueError, FileNotFoundError, data.DatasetUnavailableError, train.TrainingDiverged,
+                workdir_lock.WorkdirInUse, checkpointing.CheckpointWriteError, checkpointing.NoUsableCheckpoint)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, data.DatasetUnavailableError, train.TrainingDiverged) as e:
+    except expected as e:
         sys.exit(f"error: {e}")
 
 
+def _quiet_disk_full(record) -> bool:
+    """Orbax reports a full disk from its writer threads with long tracebacks; the run says it in one
+    line (checkpointing.CheckpointWriteError), so those records are dropped."""
+    text = record.getMessage() + (pylogging.Formatter().formatException(record.exc_info) if record.exc_info else "")
+    return "No space left on device" not in text
+
+
 def parse_flags(argv):
-    """absl parsing, with a one-line error (not a traceback) for an unknown config field or bad value."""
+    """absl parsing, with a one-line error (not a traceback) for an unknown config field, a bad value
+    or a config file that does not load."""
     try:
         argv = FLAGS(argv)
         FLAGS.config.to_dict()  # config_flags defers errors of loading the file; surface them here
         return argv
+    except SyntaxError as e:
+        sys.exit(f"error: config file {e.filename} has a syntax error at line {e.lineno}: {e.msg}")
     except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
-        sys.exit(f"error: {_one_line(e)}")
+        sys.exit(f"error: {_one_line(e, _config_file(argv))}")
 
 
-def _one_line(e: Exception) -> str:
+def _config_file(argv) -> str:
+    value = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+    return value.split(":", 1)[0]
+
+
+def _one_line(e: Exception, config_file: str = "") -> str:
     while e.args and isinstance(e.args[0], Exception):  # config_dict wraps KeyError in AttributeError
         e = e.args[0]
     text = str(e.args[0] if e.args else e)
     if "Traceback (most recent call last)" in text:  # config_flags embeds the config's own error
         text = text.strip().splitlines()[-1].split(": ", 1)[-1]
-    message = text.strip("'\"").replace("\n", " ").replace("  ", " ")
+    message = text.replace("\n", " ").replace("  ", " ").strip().strip("'\"")
     if isinstance(e, KeyError):
-        return f"unknown config field {message} (fields are listed in the config file)"
+        return f"unknown config field {message.strip(chr(39))} (fields are listed in the config file)"
     if isinstance(e, OSError) and "No such file" in message:
         return f"config file not found: {message.split('No such file or directory: ')[-1].strip(chr(39))}"
+    if "has no attribute 'get_config" in message:
+        return (f"config file {config_file} defines no get_config(); a config file returns its ConfigDict from "
+                "get_config(arg=None), as configs/cifar10.py does")
     return message
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import urllib.parse
 import warnings
 from typing import Any, Mapping
 
@@ -20,8 +22,15 @@ class JsonlWriter:
     """Appends records to workdir/metrics.jsonl, first dropping what a resumed run will re-log."""
 
     def __init__(self, workdir: str, resume_step: int):
-        kept = [r for r in run_dir.read_metrics(workdir) if r.get("step", 0) <= resume_step]
+        records, damaged = run_dir.read_metrics_and_damage(workdir)
+        kept = [r for r in records if r["step"] <= resume_step]
+        self.steps = {r["step"] for r in kept}
         run_dir.write_metrics(workdir, kept)  # atomic: a kill here leaves the old or the new file
+        later = len(records) - len(kept)
+        if damaged or (later and resume_step):
+            dropped = [f"{len(damaged)} damaged line(s) (line {', '.join(map(str, damaged))})"] if damaged else []
+            dropped += [f"{later} record(s) after step {resume_step} (the run re-logs them)"] if later else []
+            print(f"note: {run_dir.METRICS_FILE} in {workdir}: dropped {' and '.join(dropped)}", flush=True)
         self.file = open(os.path.join(workdir, run_dir.METRICS_FILE), "a")
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -50,6 +59,18 @@ def has_wandb_api_key() -> bool:
     try:
         with open(os.path.expanduser("~/.netrc")) as f:
             return "api.wandb.ai" in f.read()
+    except OSError:
+        return False
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether the W&B server answers (behind a proxy we cannot tell, and assume so)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return True
+    url = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
     except OSError:
         return False
 
@@ -102,16 +123,31 @@ class WandbWriter:
         mode = wandb_mode(config.wandb.mode)
         if mode == "disabled":
             return
+        if mode == "online" and not wandb_reachable():
+            print(f"W&B: {os.environ.get('WANDB_BASE_URL', 'api.wandb.ai')} is unreachable: logging offline to "
+                  f"{workdir}/wandb; upload later with `wandb sync {workdir}/wandb/offline-run-*`", flush=True)
+            mode = "offline"
         try:
-            import wandb  # see wandb_metrics
-
-            self.run = wandb.init(
-                project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
-                name=config.name, tags=wandb_tags(config), config=config.to_dict(), id=run_id,
-                resume="allow", mode=mode, dir=workdir,
-                settings=wandb.Settings(init_timeout=60, console="off", silent=True))
+            self.run = self._init(config, workdir, run_id, mode)
         except Exception as e:  # noqa: BLE001 - W&B trouble must never cost a training run
-            warnings.warn(f"W&B disabled for this run: wandb.init failed ({type(e).__name__}: {e})")
+            if mode != "online":
+                warnings.warn(f"W&B disabled for this run: wandb.init failed ({type(e).__name__}: {e})")
+                return
+            print(f"W&B: wandb.init failed online ({type(e).__name__}); logging offline to {workdir}/wandb", flush=True)
+            try:
+                self.run = self._init(config, workdir, run_id, "offline")
+            except Exception as e:  # noqa: BLE001
+                warnings.warn(f"W&B disabled for this run: wandb.init failed ({type(e).__name__}: {e})")
+
+    @staticmethod
+    def _init(config, workdir: str, run_id: str, mode: str):
+        import wandb  # see wandb_metrics
+
+        return wandb.init(
+            project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
+            name=config.name, tags=wandb_tags(config), config=config.to_dict(), id=run_id,
+            resume="allow", mode=mode, dir=workdir,
+            settings=wandb.Settings(init_timeout=30, console="off", silent=True))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if self.run is not None:
@@ -135,6 +171,11 @@ class MetricWriter:
 
     def __init__(self, config, workdir: str, resume_step: int, run_id: str, is_main: bool):
         self.writers = [JsonlWriter(workdir, resume_step), WandbWriter(config, workdir, run_id)] if is_main else []
+
+    @property
+    def logged_steps(self) -> set:
+        """Steps metrics.jsonl already has a record of (process 0; empty elsewhere)."""
+        return self.writers[0].steps if self.writers else set()
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         for w in self.writers:

@@ -13,19 +13,29 @@ class Interrupted(SystemExit):
 
 
 class StopSignal:
-    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step and exits."""
+    """SIGTERM/SIGINT before training starts stop the run at once, with a line (nothing is trained
+    yet, so nothing is lost); once ``defer()`` is called (the loop runs), they set a flag instead,
+    and the loop saves a checkpoint at the next step and exits."""
 
     def __init__(self):
         self.received = None
         self.previous = {}
+        self.deferred = False
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    def defer(self) -> None:
+        self.deferred = True
+
     def _handle(self, signum, frame):
         self.received = signal.Signals(signum).name
+        if not self.deferred:
+            print(f"stopped by {self.received} before training started; nothing was lost. Re-run the same command "
+                  "to start (or resume).", flush=True)
+            raise Interrupted(128 + signum)
 
     def agreed(self, step: int, every: int) -> str | None:
         """The signal to stop on at this step, the same on every host.

@@ -28,7 +28,37 @@ FROZEN_FIELDS = ("dataset", "val_split", "seed", "batch_size", "model",
 
 
 class RunDirError(ValueError):
-    """A run directory's file cannot be read; the message names the file and what to do."""
+    """A run directory's file cannot be read or written; the message names the file and what to do."""
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates WORKDIR (if needed), or says in one line why it cannot hold a run."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise RunDirError(f"--workdir={workdir} is a file, not a directory; give a directory for the run")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):
+        raise RunDirError(f"--workdir={workdir} is inside a file ({_first_file_above(workdir)}); "
+                          "give a directory for the run") from None
+    except OSError as e:
+        raise RunDirError(f"cannot create --workdir={workdir}: {e.strerror}; give a writable directory") from None
+    if not os.access(workdir, os.W_OK) or _read_only_fs(workdir):
+        raise RunDirError(f"--workdir={workdir} is not writable (read-only file system or no permission); "
+                          "give a writable directory")
+
+
+def _first_file_above(path: str) -> str:
+    path = os.path.abspath(path)
+    while path != os.path.dirname(path) and not os.path.isfile(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _read_only_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------------------- writing
@@ -56,6 +86,14 @@ def write_metrics(workdir: str, records: Iterable[dict]) -> None:
 def write_config(workdir: str, config: dict, runtime: dict) -> None:
     """config.json: the run's config and the ``runtime`` record (devices, host, data sizes...)."""
     atomic_write_json(os.path.join(workdir, CONFIG_FILE), {**config, "runtime": runtime})
+
+
+def mark_diverged(workdir: str, step: int, last_good: int | None) -> None:
+    """Records in config.json that the run diverged (reports say "diverged", not "running")."""
+    record = read_config(workdir) or {}
+    runtime = record.pop("runtime", {})
+    runtime["diverged"] = {"step": step, "last_good_checkpoint": last_good}
+    write_config(workdir, record, runtime)
 
 
 def set_aside(workdir: str) -> str | None:
@@ -96,17 +134,26 @@ def saved_runtime(workdir: str) -> dict:
 
 def read_metrics(workdir: str) -> list[dict]:
     """The records of WORKDIR/metrics.jsonl; a torn line (killed mid-write) is skipped."""
+    return read_metrics_and_damage(workdir)[0]
+
+
+def read_metrics_and_damage(workdir: str) -> tuple[list[dict], list[int]]:
+    """(records, line numbers of the lines that are not a complete record) of WORKDIR/metrics.jsonl."""
     path = os.path.join(workdir, METRICS_FILE)
-    records = []
+    records, damaged = [], []
     if not os.path.exists(path):
-        return records
-    with open(path) as f:
-        for line in f:
+        return records, damaged
+    with open(path, errors="replace") as f:
+        for number, line in enumerate(f, 1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                continue
-    return records
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+            elif line.strip():
+                damaged.append(number)
+    return records, damaged
 
 
 def last_metrics_step(workdir: str) -> int | None:
@@ -139,6 +186,14 @@ def checkpoint_steps(workdir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(root) if n.isdigit() and os.path.isdir(os.path.join(root, n)))
 
 
+def read_checkpoint_meta(workdir: str, step: int) -> dict:
+    """The JSON item saved with checkpoint `step` (W&B id, frozen fields, digest, ...); {} if unreadable."""
+    try:
+        return read_json(os.path.join(checkpoint_dir(workdir), str(step), "meta", "metadata")) or {}
+    except RunDirError:
+        return {}
+
+
 def pick_checkpoint(workdir: str, step: int | None = None) -> int:
     """`step` if WORKDIR has a checkpoint for it, else (step None) the latest; errors say what there is."""
     steps = checkpoint_steps(workdir)
@@ -168,6 +223,18 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[prefix + k] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+def frozen_fields(config: dict) -> dict:
+    """The dotted FROZEN_FIELDS of a config dict: what a checkpoint records of the run it belongs to."""
+    return {k: v for k, v in flatten(config).items() if k.split(".")[0] in FROZEN_FIELDS}
+
+
+def config_changes(saved: dict, current: dict, ignore=("resume", "runtime")) -> dict:
+    """{dotted field: [saved value, current value]} of every field a resumed run changed."""
+    a, b = flatten({k: v for k, v in saved.items() if k not in ignore}), \
+        flatten({k: v for k, v in current.items() if k not in ignore})
+    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if k in a and a.get(k) != b.get(k)}
 
 
 def frozen_config_diff(saved: dict, current: dict) -> list[str]:

@@ -123,6 +123,14 @@ def make_train_step(config, model, tx, mesh: Mesh, data):
     return jax.jit(step, in_shardings=(replicated, None), out_shardings=replicated, donate_argnums=0)
 
 
+def all_finite(state: TrainState) -> jax.Array:
+    """Whether every parameter, batch statistic and optimizer value, and the interval's loss, is finite:
+    a diverged state is never saved."""
+    leaves = jax.tree.leaves((state.params, state.batch_stats, state.opt_state)) + [state.sums["loss"]]
+    floats = [jnp.all(jnp.isfinite(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(floats))
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 EVAL_SUMS = ("error", "top5_error", "loss")

@@ -18,9 +18,11 @@ import uuid
 
 import jax
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
 from resnet_jax import (checkpointing, config_checks, data as datasets, diagnostics, finetune, metric_writers, models,
-                        optim, preemption, run_dir, sharding, step)
+                        optim, preemption, run_dir, sharding, step, workdir_lock)
 from resnet_jax.sharding import host_value
 
 
@@ -35,21 +37,24 @@ class ConfigMismatch(ValueError):
 # ----------------------------------------------------------------------------- before the loop
 
 
-def check_resumable(config, workdir: str) -> None:
-    """Refuses to resume a run whose saved config differs in what it computes (FROZEN_FIELDS)."""
-    saved = run_dir.read_config(workdir)
+def check_resumable(config, workdir: str, step: int) -> None:
+    """Refuses to resume a run whose saved fields differ in what it computes (FROZEN_FIELDS): those
+    recorded in the checkpoint itself, else (older checkpoints) those of config.json."""
+    saved = run_dir.read_checkpoint_meta(workdir, step).get("frozen") or run_dir.read_config(workdir)
     diff = run_dir.frozen_config_diff(saved, config.to_dict()) if saved else []
     if diff:
         raise ConfigMismatch(f"{workdir} holds a run with different {', '.join(diff)}; use a new --workdir, "
                              "or --config.resume=false to start this one over")
 
 
-def initial_state(config, model, tx, num_classes: int, mesh, ckpt, start: int | None):
-    """(state, checkpoint meta, metrics missing from the checkpoint): fresh, fine-tuned or restored."""
+def initial_state(config, model, tx, num_classes: int, mesh, ckpt):
+    """(state, checkpoint meta, metrics missing from the checkpoint): restored from the newest intact
+    checkpoint, else fresh (or fine-tuned from `init_from`)."""
     replicated = sharding.replicated(mesh)
     init = functools.partial(step.init_state, config, model, tx, num_classes)
-    if start is not None:
-        state, meta, filled = ckpt.restore(start, checkpointing.abstract_with_sharding(jax.eval_shape(init), replicated))
+    restored = ckpt.restore_latest(checkpointing.abstract_with_sharding(jax.eval_shape(init), replicated))
+    if restored is not None:
+        state, meta, filled, start = restored
         print(f"{config.name}: resuming from step {start} in {os.path.dirname(ckpt.directory)}")
         return state, meta, filled
     state = jax.jit(init, out_shardings=replicated)()
@@ -62,14 +67,24 @@ def initial_state(config, model, tx, num_classes: int, mesh, ckpt, start: int | 
     return state, meta, []
 
 
-def runtime_record(config, mesh, data, init_from: dict | None) -> dict:
-    """config.json's ``runtime``: where and on what the run trains."""
+def runtime_record(config, mesh, data, init_from: dict | None, segments: list) -> dict:
+    """config.json's ``runtime``: where and on what the run trains, and its history of segments."""
     record = {"devices": mesh.size, "device_kind": jax.devices()[0].device_kind, "host": run_dir.host_description(),
               "processes": jax.process_count(), **data.runtime(),
-              "bn_statistics_over": config.model.bn_group_size or config.batch_size}
+              "bn_statistics_over": config.model.bn_group_size or config.batch_size, "segments": segments}
     if init_from:
         record["init_from"] = init_from
     return record
+
+
+def segments_so_far(config, workdir: str, start: int) -> list:
+    """Each time the run (re)started: at which step, when, and the fields changed since the last time."""
+    saved = run_dir.read_config(workdir) if start else None
+    segments = list((saved or {}).get("runtime", {}).get("segments", [])) if saved else []
+    segment = {"start_step": start, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if saved:
+        segment["changed"] = run_dir.config_changes(saved, config.to_dict())
+    return segments + [segment]
 
 
 def resume_summary(meta: dict, workdir: str, start: int) -> dict:
@@ -80,6 +95,18 @@ def resume_summary(meta: dict, workdir: str, start: int) -> dict:
         meta["best_test_error"] = min(errors) if errors else None
     meta.setdefault("train_time_s", 0.0)
     return meta
+
+
+def restart_sums_if_log_every_changed(config, state, meta: dict):
+    """A resume with another log_every starts a fresh interval at the resume step (the saved sums
+    cover an interval of the old length, which the new boundaries would count twice)."""
+    saved = meta.get("log_every", config.log_every)
+    if saved == config.log_every:
+        return state
+    print(f"{config.name}: note: log_every changed from {saved} to {config.log_every}: the first interval after "
+          f"the resume averages the steps from step {int(host_value(state.step))} on", flush=True)
+    zero = lambda x: sharding.put_replicated(np.zeros(x.shape, x.dtype), x.sharding)
+    return state.replace(sums=jax.tree.map(zero, state.sums))
 
 
 # ----------------------------------------------------------------------------- in the loop
@@ -111,7 +138,8 @@ class Throughput:
 
 def interval_metrics(config, state, data, schedule, done: int, skip=()) -> dict:
     """train/NAME (mean over the log interval of every metric the step returns), lr and epoch."""
-    sums = {k: float(v) for k, v in sharding.host_tree(state.sums).items()}
+    host = sharding.host_tree(state.sums)
+    sums = {k: float(host[k]) for k in [*step.metric_names(), *host] if k in host}  # in the step's order
     count = sums.pop("count")
     if not math.isfinite(sums["loss"]):
         raise TrainingDiverged(f"{config.name}: training loss is {sums['loss'] / count} at step {done}; stopped.")
@@ -167,67 +195,98 @@ class Trainer:
     writer: metric_writers.MetricWriter
     meta: dict
     is_main: bool
+    stop: preemption.StopSignal
+    finite: object = None  # jitted step.all_finite
 
     def log(self, done: int, metrics: dict) -> None:
         self.writer.write(done, metrics)
         if self.is_main:
             print(progress_line(self.config, done, metrics), flush=True)
 
-    def metrics_at(self, state, done: int, clock: Throughput, skip=()) -> dict:
+    def metrics_at(self, state, done: int, clock: Throughput | None, skip=()) -> dict:
         """Everything due at step `done`: interval metrics, diagnostics, evaluation."""
         config, metrics = self.config, {}
         final = done == config.num_train_steps
+        excluded = clock.excluded if clock else lambda state: contextlib.nullcontext()
         if done % config.log_every == 0 or final:
             metrics = interval_metrics(config, state, self.data, self.schedule, done, skip)
-            rate = clock.rate(done)
+            rate = clock.rate(done) if clock else None
             if rate:
                 metrics["img_per_s"] = rate
         if self.diagnose and self.diagnose.due(done):
-            with clock.excluded(state):
+            with excluded(state):
                 metrics.update(self.diagnose(state))
         if done % config.eval_every == 0 or final:
-            with clock.excluded(state):
+            with excluded(state):
                 metrics.update(self.evaluate(state))
             best = self.meta["best_test_error"]
             self.meta["best_test_error"] = min(best if best is not None else 1.0, metrics["test/error"])
         return metrics
 
+    def rebuild_record(self, state, start: int, logged_steps: set) -> None:
+        """The record of the resume step, if metrics.jsonl lost it (a torn last line): the checkpoint
+        holds the sums of the interval that ended there, and evaluation is deterministic."""
+        config = self.config
+        unchanged = self.meta.get("log_every", config.log_every) == config.log_every
+        due = start % config.log_every == 0 or start % config.eval_every == 0
+        missing = bool(unchanged and due and start not in logged_steps)
+        if jax.process_count() > 1:  # only process 0 reads metrics.jsonl; every host must agree (evaluation)
+            missing = bool(multihost_utils.broadcast_one_to_all(np.asarray(missing)))
+        if not missing:
+            return
+        self.log(start, self.metrics_at(state, start, None))
+        if self.is_main:
+            print(f"{config.name}: rebuilt the record of step {start} from its checkpoint (no img_per_s)", flush=True)
+
+    def save(self, done: int, state) -> None:
+        """Saves a finite state; a diverged one stops the run with the last good checkpoint named."""
+        if not bool(host_value(self.finite(state))):
+            self.diverged(done, f"the weights are not finite at step {done}; stopped without saving them.")
+        self.ckpt.save(done, state, self.meta)
+
+    def diverged(self, done: int, what: str):
+        self.ckpt.wait()
+        last_good = self.ckpt.latest_step()
+        if self.is_main:
+            run_dir.mark_diverged(self.workdir, done, last_good)
+        where = f"The last good checkpoint is step {last_good} in {self.ckpt.directory}" if last_good is not None \
+            else f"No checkpoint was saved before it diverged (in {self.ckpt.directory})"
+        raise TrainingDiverged(f"{self.config.name}: {what} {where}; lower --config.learning_rate and re-run "
+                               "to resume from there.")
+
     def run(self, state, start: int, skip=()) -> dict:
         config, last = self.config, {}
         inputs = self.data.train_inputs(start)
         clock, began, trained_before = Throughput(config.batch_size), time.time(), self.meta["train_time_s"]
-        with preemption.StopSignal() as stop:
-            for i in range(start, config.num_train_steps):
-                state = self.step_fn(state, next(inputs))
-                done = i + 1
-                if i == start:  # leave compilation out of the images/s figures
-                    host_value(state.step)
-                    clock.restart(done)
-                    if self.is_main:
-                        print(f"{config.name}: first step (compilation included) took {time.time() - began:.1f}s",
-                              flush=True)
-                try:
-                    metrics = self.metrics_at(state, done, clock, skip if done - start <= config.log_every else ())
-                except TrainingDiverged as e:
-                    self.ckpt.wait()
-                    raise TrainingDiverged(f"{e} The last good checkpoint is step {self.ckpt.latest_step()} in "
-                                           f"{self.ckpt.directory}.") from None
-                if metrics:
-                    self.log(done, metrics)
-                    last = {"step": done, **metrics}
-                self.meta["train_time_s"] = trained_before + time.time() - began
-                signal_name = stop.agreed(done, config.log_every)
-                if done % config.checkpoint_every == 0 or done == config.num_train_steps or signal_name:
-                    self.ckpt.save(done, state, self.meta)
-                if signal_name:
-                    self.stop(done, signal_name)
+        for i in range(start, config.num_train_steps):
+            state = self.step_fn(state, next(inputs))
+            done = i + 1
+            if i == start:  # leave compilation out of the images/s figures
+                host_value(state.step)
+                clock.restart(done)
+                if self.is_main:
+                    print(f"{config.name}: first step (compilation included) took {time.time() - began:.1f}s",
+                          flush=True)
+            try:
+                metrics = self.metrics_at(state, done, clock, skip if done - start <= config.log_every else ())
+            except TrainingDiverged as e:
+                self.diverged(done, str(e).split(": ", 1)[1])
+            if metrics:
+                self.log(done, metrics)
+                last = {"step": done, **metrics}
+            self.meta["train_time_s"] = trained_before + time.time() - began
+            signal_name = self.stop.agreed(done, config.log_every)
+            if done % config.checkpoint_every == 0 or done == config.num_train_steps or signal_name:
+                self.save(done, state)
+            if signal_name:
+                self.interrupted(done, signal_name)
         return last
 
-    def stop(self, done: int, signal_name: str):
+    def interrupted(self, done: int, signal_name: str):
         self.ckpt.close()
         self.writer.close()
-        print(f"{self.config.name}: stopped by {signal_name} at step {done}; checkpoint saved in "
-              f"{self.ckpt.directory}. Re-run the same command to resume.", flush=True)
+        print(f"{self.config.name}: stopped by {signal_name} at step {done}; checkpoint saved in {self.ckpt.directory}. "
+              "Re-run the same command to resume.", flush=True)
         raise preemption.Interrupted(preemption.exit_code(signal_name))
 
     def summary(self, last: dict) -> None:
@@ -237,26 +296,54 @@ class Trainer:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes) one run in `workdir`; returns the last logged metrics."""
+    """Trains (or resumes) one run in `workdir`; returns the last logged metrics.
+
+    Nothing is written before the config is checked and the workdir's lock is held.
+    """
     mesh = sharding.make_mesh()
     config_checks.validate_config(config, mesh.size)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if not config.resume and is_main:
-        aside = run_dir.set_aside(workdir)
-        if aside:
-            print(f"resume=false: the previous run in {workdir} was moved to {aside}", flush=True)
-    ckpt = checkpointing.Checkpointer(run_dir.checkpoint_dir(workdir), keep=config.keep_checkpoints)
+    with preemption.StopSignal() as stop, _workdir_held(workdir, is_main):
+        if not config.resume and is_main:
+            aside = run_dir.set_aside(workdir)
+            if aside:
+                print(f"resume=false: the previous run in {workdir} was moved to {aside}", flush=True)
+        ckpt = checkpointing.Checkpointer(run_dir.checkpoint_dir(workdir), keep=config.keep_checkpoints)
+        try:
+            return _train(config, workdir, mesh, ckpt, is_main, stop)
+        finally:
+            ckpt.close()
+
+
+@contextlib.contextmanager
+def _workdir_held(workdir: str, is_main: bool):
+    """The workdir exists, is writable and is ours (process 0 holds its lock) while the run trains."""
+    lock, error = None, None
+    if is_main:
+        try:
+            run_dir.prepare_workdir(workdir)
+            lock = workdir_lock.WorkdirLock(workdir).acquire()
+            if lock.note:
+                print(f"note: {lock.note}", flush=True)
+        except (run_dir.RunDirError, workdir_lock.WorkdirInUse) as e:
+            error = e
+    if jax.process_count() > 1:  # every host stops if process 0 cannot have the workdir
+        failed = multihost_utils.broadcast_one_to_all(np.asarray(error is not None))
+        if failed and error is None:
+            error = workdir_lock.WorkdirInUse(f"process 0 cannot use {workdir} (see its output)")
+    if error is not None:
+        raise error
     try:
-        return _train(config, workdir, mesh, ckpt, is_main)
+        yield
     finally:
-        ckpt.close()
+        if lock:
+            lock.release()
 
 
-def _train(config, workdir: str, mesh, ckpt, is_main: bool) -> dict:
+def _train(config, workdir: str, mesh, ckpt, is_main: bool, stop) -> dict:
     start = ckpt.latest_step()
     if start is not None:
-        check_resumable(config, workdir)
+        check_resumable(config, workdir, start)
         if start >= config.num_train_steps:
             print(f"{config.name}: already finished ({start} of {config.num_train_steps} steps) in {workdir}")
             return {"step": start, "finished": True}
@@ -265,21 +352,28 @@ def _train(config, workdir: str, mesh, ckpt, is_main: bool) -> dict:
     model = models.from_config(config.model, data.num_classes)
     schedule = optim.lr_schedule(config)
     tx = optim.make_optimizer(config, schedule)
-    state, meta, filled = initial_state(config, model, tx, data.num_classes, mesh, ckpt, start)
+    state, meta, filled = initial_state(config, model, tx, data.num_classes, mesh, ckpt)
     start = int(host_value(state.step))
     meta = resume_summary(meta, workdir, start)
     if is_main:
         init_from = meta.get("init_from") or saved_runtime.get("init_from")
-        run_dir.write_config(workdir, config.to_dict(), runtime_record(config, mesh, data, init_from))
+        run_dir.write_config(workdir, config.to_dict(),
+                             runtime_record(config, mesh, data, init_from, segments_so_far(config, workdir, start)))
         for note in data.notes(saved_runtime):
             print(f"{config.name}: note: {note}", flush=True)
     writer = metric_writers.MetricWriter(config, workdir, start, meta["wandb_run_id"], is_main)
     diagnose = diagnostics.Diagnostics(config, model, mesh, data, workdir, is_main) \
         if config.get("diagnostics_every") else None
     trainer = Trainer(config, workdir, data, schedule, step.make_train_step(config, model, tx, mesh, data),
-                      step.make_evaluator(data, model, mesh), diagnose, ckpt, writer, meta, is_main)
-    if diagnose and start == 0 and diagnose.due(0):
+                      step.make_evaluator(data, model, mesh), diagnose, ckpt, writer, meta, is_main, stop,
+                      jax.jit(step.all_finite))
+    if start:
+        trainer.rebuild_record(state, start, writer.logged_steps)
+    elif diagnose and diagnose.due(0):
         trainer.log(0, diagnose(state))
+    state = restart_sums_if_log_every_changed(config, state, meta)
+    stop.defer()  # from here on a signal saves a checkpoint at the next step
+    trainer.meta.update(log_every=config.log_every, frozen=run_dir.frozen_fields(config.to_dict()))
     # A metric the checkpoint lacked has a partial sum until the next log boundary: leave it out there.
     last = trainer.run(state, start, skip=filled if start % config.log_every else ())
     if last and is_main:

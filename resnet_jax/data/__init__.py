@@ -13,9 +13,9 @@ from typing import Callable
 
 from resnet_jax.data import cifar, tfds_stream
 from resnet_jax.data.base import Dataset, Examples
-from resnet_jax.data.tfds_prepare import DatasetUnavailableError
+from resnet_jax.data.tfds_prepare import DatasetDamagedError, DatasetUnavailableError
 
-__all__ = ["Dataset", "DatasetUnavailableError", "Examples", "REGISTRY", "get", "num_classes"]
+__all__ = ["Dataset", "DatasetDamagedError", "DatasetUnavailableError", "Examples", "REGISTRY", "get", "num_classes"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,8 @@ def load_split(dataset: str, split: str, data_dir: str | None) -> tuple[np.ndarr
     """Returns (images uint8 [N, H, W, 3], labels int32 [N]) of one TFDS split."""
     builder = tfds_prepare.prepared_builder(dataset, data_dir)
     tfds = tfds_prepare.tfds()
-    chunks = list(tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True).batch(10_000)))
+    with tfds_prepare.reading(builder, split):
+        chunks = list(tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True).batch(10_000)))
     images = np.concatenate([c[0] for c in chunks])
     labels = np.concatenate([c[1] for c in chunks])
     return images.astype(np.uint8), labels.astype(np.int32)

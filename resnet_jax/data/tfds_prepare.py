@@ -6,7 +6,10 @@ retries.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import re
 import socket
 import urllib.parse
 
@@ -15,6 +18,10 @@ MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val
 
 class DatasetUnavailableError(RuntimeError):
     """The dataset is neither prepared locally nor downloadable."""
+
+
+class DatasetDamagedError(DatasetUnavailableError):
+    """A prepared dataset's files cannot be read (truncated, overwritten, missing)."""
 
 
 def tfds():
@@ -87,3 +94,27 @@ def prepare_manual(builder, dataset: str, manual_dir: str | None) -> None:
             f"dataset (hours for imagenet2012). Or point --config.data_dir at a folder holding a prepared '{dataset}'.")
     print(f"preparing {dataset} from {manual_dir} into {builder.data_dir} (once; imagenet2012 takes hours)", flush=True)
     builder.download_and_prepare(download_config=tfds().download.DownloadConfig(manual_dir=manual_dir))
+
+
+@contextlib.contextmanager
+def reading(builder, split: str):
+    """Turns TensorFlow's read errors (a truncated or overwritten tfrecord, a missing shard) into one
+    line naming the files and how to prepare them again."""
+    import tensorflow as tf  # already imported by whoever made `builder`
+
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+        raise damaged(builder, split, e) from None
+
+
+def damaged(builder, split: str, e: Exception) -> DatasetDamagedError:
+    base = str(split).split("[")[0]
+    files = sorted(os.path.basename(f) for f in glob.glob(os.path.join(str(builder.data_dir), f"*-{base}.*")))
+    name = builder.info.name
+    what = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(e, "message", "") or str(e))
+    what = (what.strip().splitlines() or [""])[0].split(" [Op:")[0][:160]
+    return DatasetDamagedError(
+        f"{name} in {builder.data_dir} is damaged: reading its {base} split failed ({type(e).__name__}: {what}); "
+        f"its {base} files: {', '.join(files) or 'none found'}. Delete {builder.data_dir} and prepare {name} again "
+        "(with network, TFDS downloads it; offline, copy a good prepared folder and pass --config.data_dir)")

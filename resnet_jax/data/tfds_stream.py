@@ -238,7 +238,8 @@ def train_host_batches(builder, split, *, start_step: int, steps_per_epoch: int,
     while True:
         ds = train_epoch_dataset(builder, split, epoch=epoch, skip_batches=position,
                                  steps_per_epoch=steps_per_epoch, **kwargs)
-        yield from tfds.as_numpy(ds)
+        with tfds_prepare.reading(builder, split):
+            yield from tfds.as_numpy(ds)
         epoch, position = epoch + 1, 0
 
 
@@ -345,8 +346,9 @@ class StreamedData:
                           num_examples=self.test_host_sizes[self.process_index], geometry=self.geometry,
                           process_index=self.process_index, process_count=self.process_count,
                           ten_crop=self.ten_crop)
-        for batch in tfds_prepare.tfds().as_numpy(ds):
-            yield tuple(self._global(a) for a in batch)
+        with tfds_prepare.reading(self.builder, self.test_split):
+            for batch in tfds_prepare.tfds().as_numpy(ds):
+                yield tuple(self._global(a) for a in batch)
 
     def fixed_examples(self, size: int) -> Examples:
         """The first `size` test examples, centre-cropped, on every host (for gradients and responses)."""
@@ -375,7 +377,8 @@ def first_examples(builder, split, size: int, geometry: Geometry) -> tuple[np.nd
     tf = _tf()
     ds = records(builder, split, shuffle_seed=None).take(size)
     ds = ds.map(lambda image, label: (eval_image(image, geometry), tf.cast(label, tf.int32)))
-    images, labels = next(iter(tfds_prepare.tfds().as_numpy(ds.batch(size))))
+    with tfds_prepare.reading(builder, split):
+        images, labels = next(iter(tfds_prepare.tfds().as_numpy(ds.batch(size))))
     return images, labels
 
 
