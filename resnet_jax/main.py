@@ -18,6 +18,7 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':args', e.g. configs/cifar10.py:depth=56.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, config.json and W&B files.")
+flags.DEFINE_bool("verbose", False, "Also show TensorFlow's, TFDS's and Orbax's own log lines (or RESNET_JAX_VERBOSE=1).")
 flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/resnet_jax/xla"),
                     "Persistent XLA compilation cache directory ('' to disable).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -62,9 +63,12 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (fields are set with --config.FIELD=VALUE)")
     from absl import logging
 
-    from resnet_jax import checkpointing, data, train, workdir_lock
+    from resnet_jax import checkpointing, console, data, train, workdir_lock
 
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+    console.set_verbose(FLAGS.verbose)
+    if console.verbose():
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    logging.set_verbosity(logging.INFO if console.verbose() else logging.WARNING)  # Orbax logs every file at INFO
     for handler in pylogging.getLogger().handlers:
         handler.addFilter(_quiet_disk_full)
     _initialize_distributed()

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import socket
+import threading
 import urllib.parse
 import warnings
 from typing import Any, Mapping
@@ -116,10 +117,20 @@ def wandb_metrics(metrics: Mapping[str, Any]) -> dict:
 
 
 class WandbWriter:
-    """One W&B run per workdir; a restarted run continues the same run (same id, resume='allow')."""
+    """One W&B run per workdir; a restarted run continues the same run (same id, resume='allow').
+
+    ``wandb.init`` takes seconds (and up to its timeout on a bad network), so it runs on a
+    background thread, started before the data loads and the step compiles; the first write
+    waits for it.
+    """
 
     def __init__(self, config, workdir: str, run_id: str):
         self.run = None
+        self._thread = threading.Thread(target=self._start, args=(config, workdir, run_id), daemon=True,
+                                        name="wandb-init")
+        self._thread.start()
+
+    def _start(self, config, workdir: str, run_id: str) -> None:
         mode = wandb_mode(config.wandb.mode)
         if mode == "disabled":
             return
@@ -149,19 +160,23 @@ class WandbWriter:
             resume="allow", mode=mode, dir=workdir,
             settings=wandb.Settings(init_timeout=30, console="off", silent=True))
 
+    def _started(self):
+        self._thread.join()
+        return self.run
+
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-        if self.run is not None:
+        if self._started() is not None:
             try:
                 self.run.log(wandb_metrics(metrics), step=int(step))
             except Exception as e:  # noqa: BLE001
                 warnings.warn(f"W&B log failed at step {step}: {e}")
 
     def summary(self, values: Mapping[str, Any]) -> None:
-        if self.run is not None:
+        if self._started() is not None:
             self.run.summary.update(dict(values))
 
     def close(self) -> None:
-        if self.run is not None:
+        if self._started() is not None:
             self.run.finish()
             self.run = None
 
@@ -169,8 +184,13 @@ class WandbWriter:
 class MetricWriter:
     """metrics.jsonl + W&B on process 0; a no-op on the other processes."""
 
-    def __init__(self, config, workdir: str, resume_step: int, run_id: str, is_main: bool):
-        self.writers = [JsonlWriter(workdir, resume_step), WandbWriter(config, workdir, run_id)] if is_main else []
+    def __init__(self, config, workdir: str, resume_step: int, run_id: str, is_main: bool,
+                 wandb_writer: WandbWriter | None = None):
+        """`wandb_writer`: one started earlier (its init runs while the data loads)."""
+        if not is_main:
+            self.writers = []
+            return
+        self.writers = [JsonlWriter(workdir, resume_step), wandb_writer or WandbWriter(config, workdir, run_id)]
 
     @property
     def logged_steps(self) -> set:

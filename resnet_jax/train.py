@@ -47,7 +47,7 @@ def check_resumable(config, workdir: str, step: int) -> None:
                              "or --config.resume=false to start this one over")
 
 
-def initial_state(config, model, tx, num_classes: int, mesh, ckpt):
+def initial_state(config, model, tx, num_classes: int, mesh, ckpt, run_id: str):
     """(state, checkpoint meta, metrics missing from the checkpoint): restored from the newest intact
     checkpoint, else fresh (or fine-tuned from `init_from`)."""
     replicated = sharding.replicated(mesh)
@@ -58,13 +58,22 @@ def initial_state(config, model, tx, num_classes: int, mesh, ckpt):
         print(f"{config.name}: resuming from step {start} in {os.path.dirname(ckpt.directory)}")
         return state, meta, filled
     state = jax.jit(init, out_shardings=replicated)()
-    meta = {"wandb_run_id": uuid.uuid4().hex[:12]}
+    meta = {"wandb_run_id": run_id}
     if config.get("init_from"):
         state, meta["init_from"] = finetune.start_from_pretrained(state, config.init_from, replicated)
         report = meta["init_from"]
         print(f"{config.name}: initialised from {report['path']} (step {report['step']}); "
               f"new: {', '.join(report['reinitialized']) or 'nothing'}", flush=True)
     return state, meta, []
+
+
+def saved_wandb_run_id(workdir: str) -> str | None:
+    """The W&B run id of the newest checkpoint that has one (a resumed run continues its W&B run)."""
+    for saved in reversed(run_dir.checkpoint_steps(workdir)):
+        run_id = run_dir.read_checkpoint_meta(workdir, saved).get("wandb_run_id")
+        if run_id:
+            return run_id
+    return None
 
 
 def runtime_record(config, mesh, data, init_from: dict | None, segments: list) -> dict:
@@ -348,11 +357,13 @@ def _train(config, workdir: str, mesh, ckpt, is_main: bool, stop) -> dict:
             print(f"{config.name}: already finished ({start} of {config.num_train_steps} steps) in {workdir}")
             return {"step": start, "finished": True}
     saved_runtime = run_dir.saved_runtime(workdir) if start is not None else {}
+    run_id = saved_wandb_run_id(workdir) or uuid.uuid4().hex[:12]
+    wandb_writer = metric_writers.WandbWriter(config, workdir, run_id) if is_main else None  # starts in the background
     data = datasets.get(config, mesh)
     model = models.from_config(config.model, data.num_classes)
     schedule = optim.lr_schedule(config)
     tx = optim.make_optimizer(config, schedule)
-    state, meta, filled = initial_state(config, model, tx, data.num_classes, mesh, ckpt)
+    state, meta, filled = initial_state(config, model, tx, data.num_classes, mesh, ckpt, run_id)
     start = int(host_value(state.step))
     meta = resume_summary(meta, workdir, start)
     if is_main:
@@ -361,7 +372,7 @@ def _train(config, workdir: str, mesh, ckpt, is_main: bool, stop) -> dict:
                              runtime_record(config, mesh, data, init_from, segments_so_far(config, workdir, start)))
         for note in data.notes(saved_runtime):
             print(f"{config.name}: note: {note}", flush=True)
-    writer = metric_writers.MetricWriter(config, workdir, start, meta["wandb_run_id"], is_main)
+    writer = metric_writers.MetricWriter(config, workdir, start, meta["wandb_run_id"], is_main, wandb_writer)
     diagnose = diagnostics.Diagnostics(config, model, mesh, data, workdir, is_main) \
         if config.get("diagnostics_every") else None
     trainer = Trainer(config, workdir, data, schedule, step.make_train_step(config, model, tx, mesh, data),

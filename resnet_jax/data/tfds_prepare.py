@@ -13,6 +13,8 @@ import re
 import socket
 import urllib.parse
 
+from resnet_jax import console
+
 MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
 
 
@@ -30,9 +32,10 @@ def tfds():
     Imported here, not at module top: TensorFlow takes seconds to import, and the runs that
     never read a TFDS dataset (benchmarks, tests on synthetic data) should not pay for it.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-    import tensorflow_datasets
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if console.verbose() else "3")
+    with console.native_stderr_silenced():  # TensorFlow's C++ start-up lines (resnet_jax/console.py)
+        import tensorflow as tf
+        import tensorflow_datasets
 
     tf.config.set_visible_devices([], "GPU")
     return tensorflow_datasets
