@@ -147,13 +147,15 @@ def diverged_copy(source_run, tmp_path, **bad_steps):
 
 def test_evaluating_a_diverged_checkpoint_says_so(source_run, tmp_path):
     nan_weights = lambda s: s.replace(params=jax.tree.map(lambda a: a * float("nan"), s.params))
-    negative_var = lambda s: s.replace(batch_stats=jax.tree.map(lambda a: a * 0 - 1, s.batch_stats))
-    workdir = diverged_copy(source_run, tmp_path, s20=nan_weights, s30=negative_var)  # finite, but NaN outputs
+    # Finite weights whose logits overflow (a diverged run's last finite step): NaN loss.
+    overflow = lambda s: s.replace(params={**s.params, "fc": {**s.params["fc"], "kernel": np.full(
+        s.params["fc"]["kernel"].shape, 3e38, np.float32)}})
+    workdir = diverged_copy(source_run, tmp_path, s20=nan_weights, s30=overflow)
     with pytest.raises(evaluate.Diverged) as e:
         evaluate.evaluate_run(workdir, step=20)
     assert str(e.value) == (f"checkpoint 20 of {workdir} holds non-finite weights: the run diverged; "
                             "evaluate an earlier step (--step=N, available: 10)")
-    with pytest.raises(evaluate.Diverged, match=r"checkpoint 30 of .* gives a non-finite test loss \(nan\): the run "
+    with pytest.raises(evaluate.Diverged, match=r"checkpoint 30 of .* gives a non-finite test loss \((nan|inf)\): the run "
                                                 r"diverged; evaluate an earlier step \(--step=N, available: 10, 20\)"):
         evaluate.evaluate_run(workdir)
     assert evaluate.evaluate_run(workdir, step=10)["step"] == 10
