@@ -107,7 +107,7 @@ def test_mismatched_architecture_names_the_parameters(source_run, tmp_path, cifa
     config.model.depth = 14
     with pytest.raises(ValueError, match="the checkpoint's parameters do not match this model: .*missing in checkpoint"):
         train.train_and_evaluate(config, str(tmp_path / "bad"))
-    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
         finetune.resolve_checkpoint(str(tmp_path / "nowhere"))
 
 
