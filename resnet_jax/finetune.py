@@ -163,7 +163,10 @@ def weights_mismatch(info: pretrained.WeightsInfo, params: dict, model_config=No
 
 def load_weights_file(path: str, params: dict, model_config=None) -> tuple[dict, dict, dict]:
     """(params, batch_stats, report) of a weights file, in the layout of `params` (this run's model)."""
-    weights, stats, info = pretrained.load(path, scan=pretrained.is_scanned(params))
+    try:
+        weights, stats, info = pretrained.load(path, scan=pretrained.is_scanned(params))
+    except ImportError as e:  # a .pth without torch: a ValueError, so that main prints the one line
+        raise ValueError(str(e)) from None
     problem = weights_mismatch(info, params, model_config)
     if problem:
         raise ValueError(f"init_from={path}: {problem}")
