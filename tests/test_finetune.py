@@ -284,7 +284,7 @@ def test_weights_that_do_not_fit_the_model_say_what_to_set(resnet18_weights, tmp
     assert finetune.architecture(scanned) == {"imagenet": True, "depth": 101, "shortcut": "B"}
 
 
-def test_broken_weights_files_are_refused_in_one_line(resnet18_weights, tmp_path):
+def test_broken_weights_files_are_refused_in_one_line(resnet18_weights, tmp_path, monkeypatch):
     weights = resnet18_weights[0]
     state = abstract_state(depth=18, shortcut="B")
     (tmp_path / "cut.safetensors").write_bytes(weights.read_bytes()[:1000])
@@ -293,6 +293,9 @@ def test_broken_weights_files_are_refused_in_one_line(resnet18_weights, tmp_path
     del tensors["layer3.1.bn2.running_var"]
     safetensors.numpy.save_file(tensors, str(tmp_path / "gap.safetensors"), metadata=metadata)
     assert refusal(tmp_path / "gap.safetensors", state).endswith("resnet18 weights: missing layer3.1.bn2.running_var")
+    (tmp_path / "w.pth").write_bytes(b"PK\x03\x04" + bytes(100))
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed: still one line for main
+    assert "w.pth: reading a torch .pth file needs torch" in refusal(tmp_path / "w.pth", state)
 
 
 def test_weights_load_bit_identically_into_a_state(resnet18_weights):
