@@ -2,6 +2,7 @@
 
     python -m resnet_jax.evaluate --workdir=runs/fig6/resnet-56 [--step=32000] [--dataset=cifar10] [--data_dir=...]
     python -m resnet_jax.evaluate --weights=resnet50.safetensors --dataset=imagenet2012 --data_dir=DATA_DIR [--ten_crop]
+    (--eval_batch_size=N: images per step; 10-crop takes a tenth of the config's by default)
 
 --workdir: rebuilds the model from the run's config.json and restores the checkpoint (latest, or
 --step) onto the devices at hand. --weights: a torchvision-layout .safetensors or .pth file
@@ -84,7 +85,7 @@ def diverged_checkpoint(workdir: str, step: int, what: str) -> Diverged:
 
 
 def evaluate_run(workdir: str, step: int | None = None, dataset: str | None = None,
-                 data_dir: str | None = None, ten_crop: bool = False) -> dict:
+                 data_dir: str | None = None, ten_crop: bool = False, eval_batch_size: int | None = None) -> dict:
     config = load_run_config(workdir)
     trained = data.num_classes(config.dataset, config.get("num_classes"))
     if dataset and data.num_classes(dataset) != trained:
@@ -96,7 +97,7 @@ def evaluate_run(workdir: str, step: int | None = None, dataset: str | None = No
         _set_ten_crop(config)
     step = run_dir.pick_checkpoint(workdir, step)
     mesh = sharding.make_mesh()
-    config.eval_batch_size = -(-config.eval_batch_size // mesh.size) * mesh.size
+    config.eval_batch_size = eval_batch(config, mesh, eval_batch_size)
 
     dataset_ = data.get(config, mesh)
     model = models.from_config(config.model, dataset_.num_classes)
@@ -108,6 +109,15 @@ def evaluate_run(workdir: str, step: int | None = None, dataset: str | None = No
         raise diverged_checkpoint(workdir, step, f"gives a non-finite test loss ({metrics['test/loss']})")
     return {"workdir": os.path.abspath(workdir), "name": config.name, "step": step, "dataset": config.dataset,
             "split": dataset_.test_split, "num_examples": dataset_.num_test, **metrics}
+
+
+def eval_batch(config, mesh, requested: int | None = None) -> int:
+    """Images per evaluation step: `requested` or the config's, a tenth of it for 10-crop testing (the
+    same number of crops per step as centre-crop testing), a multiple of the devices."""
+    images = requested or config.eval_batch_size
+    if config.get("ten_crop") and not requested:
+        images = max(1, images // 10)
+    return -(-images // mesh.size) * mesh.size
 
 
 def _set_ten_crop(config) -> None:
@@ -154,7 +164,7 @@ def check_classes(path: str, info: pretrained.WeightsInfo, dataset: str) -> None
 
 
 def evaluate_weights(path: str, dataset: str = "imagenet2012", data_dir: str | None = None, ten_crop: bool = False,
-                     **overrides) -> dict:
+                     eval_batch_size: int | None = None, **overrides) -> dict:
     """Test metrics of a torchvision-layout weights file on `dataset`, as `evaluate_run` reports a run's."""
     params, batch_stats, info = pretrained.load(path)
     if not all_finite(params, batch_stats):
@@ -162,7 +172,8 @@ def evaluate_weights(path: str, dataset: str = "imagenet2012", data_dir: str | N
     check_classes(path, info, dataset)
     config = weights_config(info, dataset, data_dir, ten_crop, **overrides)
     mesh = sharding.make_mesh()
-    config.eval_batch_size = -(-config.eval_batch_size // mesh.size) * mesh.size
+    config.eval_batch_size = eval_batch(config, mesh, eval_batch_size)
+    config.batch_size = mesh.size  # no training batches are read: the smallest valid one fits any train split
     dataset_ = data.get(config, mesh)
     model = models.from_config(config.model, dataset_.num_classes)
     metrics = make_evaluator(dataset_, model, mesh, top5=True)(weights_state(params, batch_stats, mesh))
@@ -183,6 +194,8 @@ flags.DEFINE_string("dataset", None, "Dataset to evaluate on (default: the run's
                     "with --weights: imagenet2012).")
 flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the run's).")
 flags.DEFINE_bool("ten_crop", False, "10-crop testing (corners, centre and their flips; streamed datasets).")
+flags.DEFINE_integer("eval_batch_size", None, "Images per evaluation step (default: the config's; a tenth of it "
+                     "with --ten_crop).")
 
 
 def evaluate_from_flags(f) -> dict:
@@ -192,8 +205,8 @@ def evaluate_from_flags(f) -> dict:
     if f.weights:
         if f.step is not None:
             raise ValueError("--step picks a checkpoint of --workdir; a weights file has one set of weights")
-        return evaluate_weights(f.weights, f.dataset or "imagenet2012", f.data_dir, f.ten_crop)
-    return evaluate_run(f.workdir, f.step, f.dataset, f.data_dir, f.ten_crop)
+        return evaluate_weights(f.weights, f.dataset or "imagenet2012", f.data_dir, f.ten_crop, f.eval_batch_size)
+    return evaluate_run(f.workdir, f.step, f.dataset, f.data_dir, f.ten_crop, f.eval_batch_size)
 
 
 def result_line(result: dict) -> str:
