@@ -37,12 +37,17 @@ def is_weights_file(path: str) -> bool:
     return os.path.isfile(path)
 
 
+def check_init_from(path: str) -> None:
+    """Refuses an init_from that names nothing (cheap: before any data or model is built)."""
+    if not os.path.exists(path):
+        raise InitFromNotFound(f"init_from={os.path.abspath(path)!r}: no such file or folder; give a weights file "
+                               "(.safetensors, .pth), a run's workdir or WORKDIR/checkpoints/STEP")
+
+
 def resolve_checkpoint(path: str) -> tuple[str, int]:
     """(checkpoint step folder, step) from a workdir, its checkpoints/ folder, or one step folder."""
     path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise InitFromNotFound(f"init_from={path!r}: no such file or folder; give a weights file (.safetensors, "
-                               ".pth), a run's workdir or WORKDIR/checkpoints/STEP")
+    check_init_from(path)
     workdir = os.path.dirname(path) if os.path.basename(path) == run_dir.CHECKPOINTS else path
     steps = run_dir.checkpoint_steps(workdir)
     if steps:
