@@ -17,9 +17,15 @@ plateaus" and trains "up to 60e4 iterations"; its Fig. 4 curves drop at ~15e4 an
 iterations, which are epochs 30 and 60 at batch 256 (5,004 iterations per epoch), and are flat
 after ~40e4: we fix the drops there and stop at 90 epochs (45e4 iterations); --config.num_epochs=120
 gives the paper's 60e4. Scale augmentation (shorter side in [256, 480]), 224 crop, flip, mean
-subtraction and PCA colour augmentation; evaluation on the 224 centre crop (--config.ten_crop=true
-for the paper's 10-crop testing). Durations in epochs: steps follow from train_examples and
-batch_size (changing --config.batch_size keeps the schedule in epochs).
+subtraction (per channel: --config.normalization=mean) and PCA colour augmentation; evaluation on
+the 224 centre crop (--config.ten_crop=true for the paper's 10-crop testing). Durations in epochs:
+steps follow from train_examples and batch_size (changing --config.batch_size keeps the schedule in
+epochs).
+
+Fine-tuning published weights: --config.init_from=resnet50.safetensors (or .pth) with the net they
+fit: torchvision's 18/34 have shortcut B (depth=34,shortcut=B; ours default to A) and its 50/101/152
+are v1.5 (--config.model.stride_in_3x3=true); --config.normalization=torchvision feeds them
+(x/255 - mean) / std, as they were trained. A mismatch is refused with the setting to change.
 """
 import pathlib
 
@@ -29,7 +35,7 @@ from resnet_jax.config_args import load_config_module, parse_config_arg
 
 cifar10 = load_config_module(pathlib.Path(__file__).with_name("cifar10.py"))
 
-ARG_DEFAULTS = dict(depth=34, residual=True, shortcut="", dataset="imagenet2012")
+ARG_DEFAULTS = {"depth": 34, "residual": True, "shortcut": "", "dataset": "imagenet2012"}
 TRAIN_EXAMPLES = {"imagenet2012": 1_281_167, "imagenette": 9_469, "imagenet2012_subset": 12_811}
 
 
@@ -63,6 +69,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.eval_resize = 256                              # shorter side, then the centre crop
     c.color_augmentation = True                      # AlexNet's PCA lighting noise, on the devices
     c.ten_crop = False                               # 10-crop testing (corners + centre, and flips)
+    c.normalization = "mean"                         # x/255 - per-channel mean (ours); "torchvision": then / std
 
     # Model (see resnet_jax.models.ImageNetResNet).
     c.model.family = "imagenet"

@@ -28,6 +28,9 @@ v1 weights (e.g. converted from the authors' Caffe models). It changes nothing f
 Inputs: torchvision weights expect RGB in [0, 1] normalised by ``IMAGENET_MEAN_RGB`` and
 ``IMAGENET_STD_RGB``; our own runs subtract the mean only (``normalize(images, kind)``).
 
+Using them: ``--config.init_from=FILE`` fine-tunes from them (resnet_jax.finetune, which checks them
+against the run's model first), ``python -m resnet_jax.evaluate --weights=FILE`` evaluates them.
+
 CLI::
 
     python -m resnet_jax.pretrained info FILE                   # depth, classes, v1/v1.5, parameters
@@ -60,7 +63,8 @@ SHORTCUT = "B"
 STEM_WIDTH = 64
 
 #: Per-channel RGB mean and std of ImageNet in [0, 1] units: torchvision's weights were trained on
-#: (x / 255 - mean) / std. Our own runs subtract the mean only (resnet_jax.imagenet_input.normalize).
+#: (x / 255 - mean) / std. Our own runs subtract the mean only (resnet_jax.data.tfds_stream, which uses
+#: ``normalize`` below with the config's ``normalization``).
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("mean", "torchvision")
@@ -84,6 +88,13 @@ def normalize(images: Any, kind: str) -> jnp.ndarray:
     if kind == "torchvision":
         x = x / jnp.asarray(IMAGENET_STD_RGB, jnp.float32)
     return x
+
+
+def normalization_of(metadata: Mapping[str, str]) -> str:
+    """The ``normalize`` kind weights with this .safetensors metadata were trained on: what our exports
+    record, else "torchvision" (published torchvision / timm weights carry no such entry)."""
+    kind = metadata.get("normalization")
+    return kind if kind in NORMALIZATIONS else "torchvision"
 
 
 # ----------------------------------------------------------------------------- the layout
@@ -224,6 +235,11 @@ def unstack_scanned_blocks(tree: dict) -> dict:
     return out
 
 
+def is_scanned(tree: Mapping) -> bool:
+    """Whether a params (or batch_stats) tree has the scanned layout (``stage{i}_blocks``)."""
+    return any(_STACKED.match(name) for name in tree)
+
+
 def _stack(blocks: list[dict]) -> dict:
     flat = [traverse_util.flatten_dict(b) for b in blocks]
     return traverse_util.unflatten_dict({k: np.stack([f[k] for f in flat]) for k in flat[0]})
@@ -271,13 +287,14 @@ def block_counts(keys) -> tuple[tuple[int, ...], bool]:
     return tuple(counts), bottleneck
 
 
-def _depth_of(counts: tuple[int, ...], bottleneck: bool) -> int | None:
+def depth_of(counts: tuple[int, ...], bottleneck: bool) -> int | None:
+    """The torchvision ResNet with these blocks per stage (basic or bottleneck), or None."""
     return next((d for d, a in architectures().items() if a == (tuple(counts), bottleneck)), None)
 
 
 def detect_depth(keys) -> int | None:
     """The torchvision ResNet whose blocks these keys have, or None."""
-    return _depth_of(*block_counts(keys))
+    return depth_of(*block_counts(keys))
 
 
 def _clean(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -321,8 +338,7 @@ class WeightsInfo:
     @property
     def normalization(self) -> str:
         """The ``normalize`` kind the weights expect: the file's metadata (our exports), else torchvision's."""
-        kind = self.metadata.get("normalization")
-        return kind if kind in NORMALIZATIONS else "torchvision"
+        return normalization_of(self.metadata)
 
     @property
     def model_kwargs(self) -> dict:
@@ -444,6 +460,31 @@ def read_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return _read_torch(path), {}
 
 
+def read_metadata(path: str) -> dict[str, str]:
+    """The .safetensors header's metadata without reading a tensor ({} for a torch .pth file)."""
+    path = os.fspath(path)
+    if _file_kind(path) != "safetensors":
+        return {}
+    try:
+        with safetensors.safe_open(path, framework="numpy") as f:
+            return dict(f.metadata() or {})
+    except safetensors.SafetensorError as e:
+        raise ValueError(f"{path}: not a readable .safetensors file ({_one_line(e)}); "
+                         "is it truncated? re-download or re-export it") from None
+
+
+def normalization_note(init_from: str | None, kind: str) -> str | None:
+    """A line for a run that feeds the weights file `init_from` other inputs than they were trained on
+    (None: the same ones, or `init_from` is no file, e.g. a run's folder)."""
+    if not init_from or not os.path.isfile(init_from):
+        return None
+    expected = normalization_of(read_metadata(init_from))
+    if expected == kind:
+        return None
+    return (f"init_from {init_from} was trained on normalization={expected!r} inputs; this run feeds {kind!r}: "
+            f"add --config.normalization={expected} to feed it what it was trained on")
+
+
 def _stride_from(metadata: Mapping[str, str], stride_in_3x3: bool | None) -> tuple[bool, str]:
     if stride_in_3x3 is not None:
         return bool(stride_in_3x3), "argument"
@@ -476,7 +517,7 @@ def _our_depth(params: Mapping) -> int:
         if match:
             counts[int(match.group(1)) - 1] = max(counts[int(match.group(1)) - 1], int(match.group(2)))
     bottleneck = "conv3" in params.get("stage1_block1", {})
-    depth = _depth_of(tuple(counts), bottleneck)
+    depth = depth_of(tuple(counts), bottleneck)
     if depth is None:
         known = "/".join(map(str, TORCHVISION_DEPTHS))
         raise ValueError(f"these variables are no torchvision ResNet: {'bottleneck' if bottleneck else 'basic'} "
@@ -534,7 +575,7 @@ def export_safetensors(params: Mapping, batch_stats: Mapping, path: str, *, stri
     os.replace(tmp, path)
     stride, source = _stride_from(header, stride_in_3x3)
     return WeightsInfo(depth=depth, num_classes=int(state["fc.bias"].shape[0]), stride_in_3x3=stride,
-                       stride_source=source, scan=any(_STACKED.match(n) for n in params),
+                       stride_source=source, scan=is_scanned(params),
                        num_params=models.count_params(dict(params)), metadata=header)
 
 

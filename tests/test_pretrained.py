@@ -14,6 +14,7 @@ import safetensors.numpy
 from flax import traverse_util
 
 from resnet_jax import checkpointing, models, pretrained
+from resnet_jax.data import tfds_stream
 
 IMAGE = 64
 TV_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
@@ -323,6 +324,36 @@ def test_normalize():
                                mean / np.array(pretrained.IMAGENET_STD_RGB), atol=1e-6)
     with pytest.raises(ValueError, match="one of \\('mean', 'torchvision'\\)"):
         pretrained.normalize(x, "caffe")
+
+
+def test_streamed_data_normalizes_as_configured():
+    """config.normalization reaches the streamed data's device batch; the PCA colour shift is the same
+    [0, 1]-unit shift under either normalisation."""
+    images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    labels, rng = np.zeros(2, np.int32), jax.random.PRNGKey(0)
+    shifts = {}
+    for kind in pretrained.NORMALIZATIONS:
+        plain, _ = tfds_stream.device_batch((images, labels), rng, 3, False, kind)
+        np.testing.assert_array_equal(plain, pretrained.normalize(images, kind))
+        lit, _ = tfds_stream.device_batch((images, labels), rng, 3, True, kind)
+        shifts[kind] = np.asarray(lit - plain)
+    np.testing.assert_allclose(shifts["torchvision"] * np.asarray(pretrained.IMAGENET_STD_RGB), shifts["mean"],
+                               rtol=1e-4, atol=1e-7)
+    assert np.abs(shifts["mean"]).max() > 0
+
+
+def test_metadata_is_read_without_the_tensors(tmp_path, monkeypatch):
+    path = save(tmp_path, synthetic_state_dict(18), metadata={"normalization": "mean", "step": "7"})
+    monkeypatch.setattr(pretrained, "_read_safetensors", None)  # reading the tensors would fail
+    assert pretrained.read_metadata(path) == {"normalization": "mean", "step": "7"}
+    assert pretrained.normalization_of({"normalization": "mean"}) == "mean"
+    assert pretrained.normalization_of({}) == pretrained.normalization_of({"normalization": "?"}) == "torchvision"
+    (tmp_path / "w.pth").write_bytes(b"PK\x03\x04" + bytes(100))
+    assert pretrained.read_metadata(tmp_path / "w.pth") == {}  # torch files have none (and need no torch here)
+    assert pretrained.normalization_note(str(tmp_path / "w.pth"), "mean").startswith(
+        f"init_from {tmp_path / 'w.pth'} was trained on normalization='torchvision' inputs; this run feeds 'mean'")
+    (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[:40])
+    assert "truncated" in error_of(pretrained.read_metadata, tmp_path / "cut.safetensors")
 
 
 # ----------------------------------------------------------------------------- against torchvision

@@ -3,8 +3,9 @@
 ImageNet (140 GB) cannot live on the devices as CIFAR does. Each host reads its own part of
 every split (``tfds.even_splits``, as ``tfds.split_for_jax_process``), decodes and augments its
 share of each batch on its CPUs, and the shares become one global batch sharded over 'data'
-(``jax.make_array_from_process_local_data``). Mean subtraction and the PCA colour augmentation
-are cheap per-image arithmetic: they run on the devices, inside the train step.
+(``jax.make_array_from_process_local_data``). Normalisation (``config.normalization``: the
+per-channel mean subtracted, or torchvision's mean and std for its weights) and the PCA colour
+augmentation are cheap per-image arithmetic: they run on the devices, inside the train step.
 
 The paper's augmentation (section 3.4): the image resized with its shorter side random in
 [256, 480], a random 224x224 crop, a random horizontal flip. The host decodes only the window of
@@ -22,19 +23,21 @@ but different order.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import sharding
+from resnet_jax import pretrained, sharding
 from resnet_jax.data import tfds_prepare
 from resnet_jax.data.base import Examples
 
-# Per-channel ImageNet mean, in [0, 1] units (the paper subtracts a per-pixel mean; with random
-# crops of random scale the two agree to within a few grey levels).
-MEAN_RGB = (0.485, 0.456, 0.406)
+# Per-channel ImageNet mean (and std), in [0, 1] units, kept in resnet_jax.pretrained with the
+# normalisations (the paper subtracts a per-pixel mean; with random crops of random scale the two
+# agree to within a few grey levels).
+MEAN_RGB = pretrained.IMAGENET_MEAN_RGB
 # AlexNet's PCA colour augmentation ("lighting"), RGB eigenvalues and eigenvectors of the ImageNet
 # pixel covariance in [0, 1] units (as in fb.resnet.torch, which the paper's authors released).
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -54,7 +57,7 @@ class Geometry:
     eval_resize: int = 256    # evaluation: shorter side, then the centre (or 10) image_size crops
 
     @classmethod
-    def from_config(cls, config) -> "Geometry":
+    def from_config(cls, config) -> Geometry:
         return cls(int(config.image_size), int(config.train_resize[0]), int(config.train_resize[1]),
                    int(config.eval_resize))
 
@@ -260,27 +263,38 @@ def eval_dataset(builder, split, *, host_batch: int, num_batches: int, num_examp
 # ----------------------------------------------------------------------------- on the devices
 
 
-def normalize(images: jax.Array) -> jax.Array:
-    """uint8 images -> float32 in [0, 1] minus the per-channel ImageNet mean."""
-    return images.astype(jnp.float32) / 255.0 - jnp.asarray(MEAN_RGB, jnp.float32)
+def normalize(images: jax.Array, kind: str = "mean") -> jax.Array:
+    """uint8 images -> float32: [0, 1] minus the per-channel ImageNet mean ("mean"), then divided by
+    the ImageNet std ("torchvision", what torchvision's weights expect)."""
+    return pretrained.normalize(images, kind)
 
 
-def lighting(key: jax.Array, images: jax.Array, std: float = PCA_STD) -> jax.Array:
+def lighting(key: jax.Array, images: jax.Array, std: float = PCA_STD, kind: str = "mean") -> jax.Array:
     """AlexNet's PCA colour augmentation: each image shifted by a random combination of the RGB
-    principal components (weights ~ N(0, std) times the eigenvalues)."""
+    principal components (weights ~ N(0, std) times the eigenvalues), in the units of `kind`'s images."""
     alpha = jax.random.normal(key, (images.shape[0], 3)) * std
     shift = (alpha * jnp.asarray(PCA_EIGVAL)) @ jnp.asarray(PCA_EIGVEC).T
+    if kind == "torchvision":  # the shift is in [0, 1] units; these images are divided by the std
+        shift = shift / jnp.asarray(pretrained.IMAGENET_STD_RGB)
     return images + shift[:, None, None, :].astype(images.dtype)
 
 
-def device_batch(inputs, rng, step, color_augmentation: bool):
-    """What the step does to a decoded batch: mean subtraction and the optional PCA colour
+def device_batch(inputs, rng, step, color_augmentation: bool, normalization: str = "mean"):
+    """What the step does to a decoded batch: normalisation and the optional PCA colour
     augmentation (seeded by (seed, step))."""
     images, labels = inputs
-    images = normalize(images)
+    images = normalize(images, normalization)
     if color_augmentation:
-        images = lighting(jax.random.fold_in(jax.random.fold_in(rng, 1), step), images)
+        images = lighting(jax.random.fold_in(jax.random.fold_in(rng, 1), step), images, kind=normalization)
     return images, labels
+
+
+def check_normalization(kind: str) -> str:
+    """`kind`, if it is one of pretrained.NORMALIZATIONS (a mistyped one would fail inside the jitted step)."""
+    if kind not in pretrained.NORMALIZATIONS:
+        raise ValueError(f"normalization={kind!r}: use --config.normalization=mean (our runs) or =torchvision "
+                         "(torchvision / timm weights)")
+    return kind
 
 
 # ----------------------------------------------------------------------------- the dataset, as training sees it
@@ -307,6 +321,8 @@ class StreamedData:
     color_augmentation: bool = False
     test_host_sizes: tuple = ()
     train_examples: int = 0  # what the config's epoch -> step conversion assumes (0: not set)
+    normalization: str = "mean"  # pretrained.NORMALIZATIONS: how uint8 images become the net's inputs
+    normalization_note: str | None = None  # told when the run starts: init_from expects another normalisation
 
     @property
     def process_index(self) -> int:
@@ -333,10 +349,10 @@ class StreamedData:
                 yield queue.pop(0)
 
     def train_batch(self, inputs, rng, step):
-        return device_batch(inputs, rng, step, self.color_augmentation)
+        return device_batch(inputs, rng, step, self.color_augmentation, self.normalization)
 
     def normalize(self, images):
-        return normalize(images)
+        return normalize(images, self.normalization)
 
     def eval_batches(self) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
         """Global (images, labels, mask) batches covering the test split exactly once."""
@@ -359,9 +375,10 @@ class StreamedData:
         return {"num_train": self.num_train, "num_test": self.num_test, "steps_per_epoch": self.steps_per_epoch}
 
     def notes(self, saved_runtime: dict) -> list[str]:
-        """What a user should know about this run's data: an epoch count that assumes another dataset
-        size, or a resume on another number of hosts (the data order then differs)."""
-        out = []
+        """What a user should know about this run's data: init_from weights that expect another
+        normalisation (when the run starts), an epoch count that assumes another dataset size, or a
+        resume on another number of hosts (the data order then differs)."""
+        out = [self.normalization_note] if self.normalization_note and not saved_runtime else []
         if self.train_examples and self.train_examples != self.num_train:
             out.append(f"the schedule assumes {self.train_examples} training examples, the dataset has "
                        f"{self.num_train}; set --config.train_examples={self.num_train} to count epochs of it")
@@ -385,6 +402,7 @@ def first_examples(builder, split, size: int, geometry: Geometry) -> tuple[np.nd
 def load(config, mesh: jax.sharding.Mesh, num_classes: int) -> StreamedData:
     """The streamed dataset of `config` on `mesh`: sizes and splits resolved, nothing read yet."""
     processes = jax.process_count()
+    normalization = check_normalization(config.get("normalization") or "mean")
     if config.batch_size % processes:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {processes} hosts")
     builder = tfds_prepare.prepared_builder(config.dataset, config.data_dir, config.get("manual_dir"))
@@ -403,4 +421,5 @@ def load(config, mesh: jax.sharding.Mesh, num_classes: int) -> StreamedData:
         geometry=geometry, mesh=mesh, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
         seed=config.seed, shuffle_buffer=config.shuffle_buffer, ten_crop=bool(config.get("ten_crop")),
         color_augmentation=bool(config.get("color_augmentation")), test_host_sizes=tuple(test_sizes),
-        train_examples=int(config.get("train_examples") or 0))
+        train_examples=int(config.get("train_examples") or 0), normalization=normalization,
+        normalization_note=pretrained.normalization_note(config.get("init_from"), normalization))
