@@ -98,7 +98,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.warmup_until_error = 0.8
 
     # Fine-tuning from a trained run (see resnet_jax/finetune.py).
-    c.init_from = config_dict.placeholder(str)       # a run's workdir or WORKDIR/checkpoints/STEP
+    c.init_from = config_dict.placeholder(str)       # a run's workdir, WORKDIR/checkpoints/STEP, or a weights file (.safetensors, .pth)
     c.freeze_backbone = False                        # True: linear probe (only the new head trains)
     c.backbone_learning_rate = config_dict.placeholder(float)  # None: same as learning_rate
 

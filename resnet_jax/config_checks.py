@@ -1,7 +1,7 @@
 """Settings that cannot run fail here, before anything is written, with a line that says what to do."""
 from __future__ import annotations
 
-from resnet_jax import data, models, optim
+from resnet_jax import data, finetune, models, optim
 
 POSITIVE = ("batch_size", "eval_batch_size", "log_every", "eval_every", "checkpoint_every", "num_train_steps",
             "learning_rate")
@@ -9,6 +9,8 @@ POSITIVE = ("batch_size", "eval_batch_size", "log_every", "eval_every", "checkpo
 
 def validate_config(config, num_devices: int) -> None:
     """Raises ValueError (one line, naming the flag) on a config that cannot train on `num_devices`."""
+    if config.get("init_from"):
+        finetune.check_init_from(config.init_from)  # a path that names nothing: before any data is read
     for name in POSITIVE:
         if not config[name] > 0:
             raise ValueError(f"{name} must be positive, got {config[name]} (--config.{name}=...)")

@@ -1,8 +1,11 @@
-"""Entry point: flags, multi-host set-up, then train.train_and_evaluate.
+"""Train (or resume) one run: flags, multi-host set-up, then train.train_and_evaluate.
 
     python -m resnet_jax.main --config=configs/cifar10.py:depth=56,residual=false --workdir=runs/plain-56
+    python -m resnet_jax.main --config=configs/cifar10.py --workdir=runs/r20 --config.num_train_steps=2000
 
-Any config field can be overridden: ``--config.num_train_steps=2000``, ``--config.model.dtype=bfloat16``.
+The config's arguments after ':' are listed in its docstring (configs/cifar10.py, configs/imagenet.py);
+any config field can be overridden with --config.FIELD=VALUE (e.g. --config.model.dtype=bfloat16).
+Re-running the same command resumes from the newest checkpoint. Sweeps: ./launch.sh --help.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ CHECKPOINTS = "checkpoints"
 LAYERS_FILE = "diagnostics_layers.json"
 
 # Fields that define what a run computes; resuming with any of them changed is refused.
-FROZEN_FIELDS = ("dataset", "val_split", "seed", "batch_size", "model",
+FROZEN_FIELDS = ("dataset", "val_split", "seed", "batch_size", "model", "normalization",
                  "train_split", "image_size", "train_resize", "shuffle_buffer")  # the last four: streamed data
 
 

@@ -60,9 +60,10 @@ def initial_state(config, model, tx, num_classes: int, mesh, ckpt, run_id: str):
     state = jax.jit(init, out_shardings=replicated)()
     meta = {"wandb_run_id": run_id}
     if config.get("init_from"):
-        state, meta["init_from"] = finetune.start_from_pretrained(state, config.init_from, replicated)
+        state, meta["init_from"] = finetune.start_from_pretrained(state, config.init_from, replicated, config.model)
         report = meta["init_from"]
-        print(f"{config.name}: initialised from {report['path']} (step {report['step']}); "
+        source = report.get("weights") or f"step {report['step']}"
+        print(f"{config.name}: initialised from {report['path']} ({source}); "
               f"new: {', '.join(report['reinitialized']) or 'nothing'}", flush=True)
     return state, meta, []
 
