@@ -30,7 +30,7 @@ Local (the default):
   --data-parallel     on a multi-GPU host, give all GPUs to one run at a time
   --runs-per-gpu K    pack K runs onto each GPU at once (small CIFAR nets do not fill a modern
                       GPU); each gets XLA_PYTHON_CLIENT_MEM_FRACTION=0.9/K and allocates on demand
-                      (XLA_PYTHON_CLIENT_PREALLOCATE=false). See the README's performance section
+                      (XLA_PYTHON_CLIENT_PREALLOCATE=false). See docs/performance.md
   --gpus LIST         GPU ids to use, e.g. 0,1,2,3, or none (default: $CUDA_VISIBLE_DEVICES,
                       else every GPU nvidia-smi lists)
 

@@ -402,7 +402,7 @@ def build_cases(settings: Settings, probe: Probe) -> list[Case]:
 
 # ----------------------------------------------------------------------------- cost model
 
-# Slow paths known from earlier measurements on XLA CPU (docs/performance notes, README):
+# Slow paths known from earlier measurements on XLA CPU (docs/performance.md):
 CPU_SCANNED_WITHOUT_VJP = 10.0  # the scanned backward without the canonical conv VJP: ~10x slower
 CPU_UNROLLED_WITHOUT_VJP = 1.5  # unrolled without it: the fused-transpose recomputation comes back
 CPU_VMAP_PER_REPLICA = 3.5  # vmapped replicas become grouped convs: K=2 gave 0.30x on CPU
@@ -429,7 +429,7 @@ def compiled_convs(net: dict, scan: bool) -> int:
 def compile_units(convs: int) -> float:
     """Relative compile (and init) cost of a program with `convs` convolutions: a constant part, a
     linear part and a superlinear one (XLA CPU, unrolled: resnet56 1.8x resnet20, resnet110 2-4x,
-    depth 218 ~10x; docs and README measurements)."""
+    depth 218 ~10x; docs/performance.md)."""
     return 30 + convs + convs * convs / 200
 
 

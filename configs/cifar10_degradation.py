@@ -14,7 +14,7 @@ parameters, slow); ``quick`` is the CPU-laptop variant below.
 
 ``quick``: plain-20, plain-56, ResNet-20 and ResNet-56 for 500 iterations at batch 64 with the
 paper's lr 0.1 (divided by 10 at 300 and 400), about 20-35 minutes of training in total on a
-2-core CPU. What it shows (measured on the 5k-image CIFAR-10 subset, see the README): the
+2-core CPU. What it shows (measured on the 5k-image CIFAR-10 subset, see docs/results-quick.md): the
 optimisation side of degradation that appears first in Fig. 6 — plain-56 sits at chance (~90%
 training error) for its first ~250 iterations and ends far above plain-20 (83% vs 62%), while
 at equal depth the residual net trains much faster (ResNet-56 69% vs plain-56 83%; ResNet-20 48%

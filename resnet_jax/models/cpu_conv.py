@@ -33,7 +33,7 @@ def _conv_stride1_bwd(padding, precision, res, dy):
     # d/dw: channels as the batch, the batch as the contracted feature, dy as the kernel.
     # An identity matmul first: XLA CPU runs it as a library call, so it cannot fuse the
     # recomputation of x's producers (BN, ReLU, shortcut additions of earlier blocks) into the
-    # transpose below. Exact, and 1.31x faster per ResNet-56 step (benchmarks/, docs in README).
+    # transpose below. Exact, and 1.31x faster per ResNet-56 step (benchmarks/, docs/performance.md).
     x = jnp.einsum("nhwc,cd->nhwd", x, jnp.eye(x.shape[-1], dtype=x.dtype))
     x_t = jnp.transpose(x, (3, 1, 2, 0))  # (Cin, H, W, N)
     dy_t = jnp.transpose(dy, (1, 2, 0, 3))  # (H', W', N, Cout)
