@@ -13,7 +13,10 @@ Usage: ./launch.sh CONFIG[:ARGS] [options] [--config.FIELD=VALUE ...]
 
 Runs one config, or every run of a sweep config (one that defines get_sweep), each sweep run in
 WORKDIR/<run-name>; a single config runs in WORKDIR itself. Re-launching skips finished runs and
-resumes unfinished ones from their latest checkpoint.
+resumes unfinished ones from their latest checkpoint. A failure every run would share (a bad
+flag, missing data, a broken install) stops the sweep at the first run that meets it, with its one
+message; a failure of one run lets the others go on, and the summary names each failed run and
+its log.
 
   ./launch.sh configs/cifar10_degradation.py:quick --config.data_dir=../shared/data/tfds
   ./launch.sh configs/cifar10.py:depth=56,residual=false --workdir runs/plain-56
@@ -249,6 +252,7 @@ if (( DRY_RUN )); then
   exit 0
 fi
 
+EXIT_SHARED_FAILURE=3  # resnet_jax.main.EXIT_SHARED_FAILURE
 RESULTS=$(mktemp -d "${TMPDIR:-/tmp}/launch.XXXXXX") || die "mktemp failed"
 trap 'rm -rf "$RESULTS"' EXIT
 STOPPING=0 CHILD="" SLOT_PIDS=()
@@ -267,7 +271,8 @@ run_slot() {  # run_slot S: the runs of slot S, one after another
   for i in "${to_launch[@]}"; do
     [[ ${RUN_SLOT[i]} == "$slot" ]] || continue
     (( STOPPING )) && break
-    mkdir -p "${RUN_DIR[i]}" || { echo "${RUN_NAME[i]} 1" >> "$RESULTS/rc"; continue; }
+    [[ -e $RESULTS/shared ]] && break  # another slot's run met a failure every run shares
+    mkdir -p "${RUN_DIR[i]}" || { echo "${RUN_NAME[i]} 1 ${RUN_DIR[i]}" >> "$RESULTS/rc"; continue; }
     run_cmd "$i"
     local envs=(env); while [[ ${CMD[0]} == [A-Z_]*=* ]]; do envs+=("${CMD[0]}"); CMD=("${CMD[@]:1}"); done
     echo "==> ${RUN_NAME[i]}: ${RUN_DESC[i]} in ${RUN_DIR[i]}${RUN_GPUS[i]:+ (GPUs ${RUN_GPUS[i]}${RUN_MEMFRAC[i]:+, ${RUN_MEMFRAC[i]} of the memory})}$( (( NUM_SLOTS > 1 )) && echo "; log: ${RUN_DIR[i]}/launch.log")"
@@ -282,9 +287,14 @@ run_slot() {  # run_slot S: the runs of slot S, one after another
       wait "$CHILD" 2>/dev/null; local rc2=$?; (( rc2 != 127 )) && rc=$rc2
     fi
     CHILD=""
-    echo "${RUN_NAME[i]} $rc" >> "$RESULTS/rc"
-    if (( rc == 0 )); then echo "==> ${RUN_NAME[i]}: done"
-    else echo "==> ${RUN_NAME[i]}: exit code $rc$( (( NUM_SLOTS > 1 )) && echo "; see ${RUN_DIR[i]}/launch.log")"; fi
+    echo "${RUN_NAME[i]} $rc ${RUN_DIR[i]}" >> "$RESULTS/rc"
+    if (( rc == EXIT_SHARED_FAILURE )); then  # resnet_jax.main: every other run would fail the same way
+      echo "${RUN_NAME[i]}" > "$RESULTS/shared"
+      (( NUM_SLOTS > 1 )) && grep -m1 '^error:' "${RUN_DIR[i]}/launch.log"
+      echo "==> ${RUN_NAME[i]}: exit code $rc, a failure every run of this launch shares: stopping here"
+      break
+    elif (( rc == 0 )); then echo "==> ${RUN_NAME[i]}: done"
+    else echo "==> ${RUN_NAME[i]}: exit code $rc; the other runs go on; log: ${RUN_DIR[i]}/launch.log"; fi
     (( rc == 130 || rc == 143 )) && STOPPING=1
   done
 }
@@ -299,17 +309,22 @@ else
   done
 fi
 
-failed=() interrupted=0
-while read -r name rc; do
+failed=() interrupted=0 ran=0
+while read -r name rc dir; do
+  ran=$((ran + 1))
   (( rc == 130 || rc == 143 )) && interrupted=$rc
-  (( rc != 0 )) && failed+=("$name (exit $rc)")
+  (( rc != 0 && rc != EXIT_SHARED_FAILURE )) && failed+=("$name (exit $rc, log: $dir/launch.log)")
 done < <(cat "$RESULTS/rc" 2>/dev/null)
 if (( interrupted )); then
   note "interrupted; checkpoints are saved. Run the same command again to resume."
   exit "$interrupted"
 fi
+if [[ -e $RESULTS/shared ]]; then
+  note "stopped: $(cat "$RESULTS/shared") failed for a reason every run shares (the error above); $(( ${#to_launch[@]} - ran )) run(s) not started. Fix it and run the same command again: finished runs are skipped${failed[*]:+; also failed: ${failed[*]}}"
+  exit "$EXIT_SHARED_FAILURE"
+fi
 if (( ${#failed[@]} )); then
-  note "${#failed[@]} run(s) failed: ${failed[*]}"
+  note "${#failed[@]} of ${#to_launch[@]} run(s) failed: ${failed[*]}"
   exit 1
 fi
 (( STOPPING )) && exit 143

@@ -10,12 +10,13 @@ pays. ``init_s`` is the jitted ``step.init_state`` (compiled too, so also cached
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import subprocess
 import sys
 import tempfile
+
+from resnet_jax import cli
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -32,7 +33,7 @@ def measure(model: str, batch_size: int, scan: str, cache_dir: str, timeout: flo
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("--model", default="resnet20,resnet56,resnet110,resnet1202")
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--scan", choices=("auto", "true", "false"), default="auto")

@@ -13,7 +13,6 @@ step's compile cache holds one entry after the diagnostics ran (no recompilation
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -27,6 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from resnet_jax import cli
 from resnet_jax import diagnostics, models, optim, sharding, step as step_lib  # noqa: E402
 from resnet_jax.data import cifar  # noqa: E402
 from resnet_jax.config_args import load_config_module  # noqa: E402
@@ -73,7 +73,7 @@ def measure(depth: int, residual: bool, batch_size: int, diag_batch: int, repeat
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--depth", default="56", help="comma-separated CIFAR depths")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--diagnostics_batch", type=int, default=128)

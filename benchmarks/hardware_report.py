@@ -55,6 +55,7 @@ import jax
 import jaxlib
 
 from benchmarks import compile_time, sweep_time, throughput
+from resnet_jax import cli
 from resnet_jax import models, sweep
 
 IMPORTED_AT = time.time()  # a worker's start-up cost (interpreter + imports) is measured up to here
@@ -1399,8 +1400,7 @@ def _names(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.hardware_report", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__, prog="python -m benchmarks.hardware_report")
     p.add_argument("--budget_s", type=float, default=480.0, help="wall-clock budget of the whole report (default 480)")
     p.add_argument("--out", default="", help="output folder (default benchmarks/results/<device kind>/)")
     p.add_argument("--batch_size", type=int, default=128, help="CIFAR nets' batch (default 128, the paper's)")

@@ -14,7 +14,6 @@ when --cifar_dir is given, so that the JPEG sizes are natural-image-like.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks import jpeg_dataset  # noqa: E402
+from resnet_jax import cli
 from resnet_jax.data import tfds_prepare  # noqa: E402
 from resnet_jax.data import tfds_stream as imagenet_input  # noqa: E402
 
@@ -52,7 +52,7 @@ def measure(iterator, batches: int, warmup: int, batch_size: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("--dataset", default=jpeg_dataset.NAME)
     p.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "resnet_jax_bench_tfds"))
     p.add_argument("--cifar_dir", default=None, help="TFDS data_dir with cifar10, for natural pixels")

@@ -14,11 +14,12 @@ Then ``--config.dataset=synthetic_jpeg --config.data_dir=/tmp/tfds`` trains on i
 """
 from __future__ import annotations
 
-import argparse
 import io
 import os
 
 import numpy as np
+
+from resnet_jax import cli
 
 NAME = "synthetic_jpeg"
 
@@ -88,7 +89,7 @@ def build(data_dir: str, num_train: int, num_validation: int, **kwargs) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--validation", type=int, default=500)

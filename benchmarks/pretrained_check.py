@@ -11,7 +11,6 @@ loads of each file, after one untimed load (a warm file cache).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from resnet_jax import cli
 from resnet_jax import pretrained
 
 
@@ -87,7 +87,7 @@ def check(torchvision, depth: int, image_size: int, folder: Path) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("--depths", default="18,34,50,101,152")
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--json", action="store_true")

@@ -19,7 +19,6 @@ output: measuring 64k-step runs themselves is what the sweep is for.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -30,7 +29,7 @@ import tempfile
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 
-from resnet_jax import sweep  # noqa: E402  (light: no jax)
+from resnet_jax import cli, sweep  # noqa: E402  (light: no jax)
 
 NUM_TEST = 10_000
 
@@ -85,7 +84,7 @@ def _hms(seconds: float) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("config", nargs="?", default="configs/cifar10_degradation.py", help="sweep config[:args]")
     p.add_argument("--concurrent", default="1", help="K values: runs at once on the device, comma-separated")
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement")

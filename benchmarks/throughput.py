@@ -45,7 +45,6 @@ whether the hosts can feed the accelerators. ``--replicas`` and ``--eval`` are C
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -65,7 +64,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from resnet_jax import config_checks, data as datasets, models, optim, run_dir, sharding, step as step_lib  # noqa: E402
+from resnet_jax import cli, config_checks, data as datasets, models, optim, run_dir, sharding, step as step_lib  # noqa: E402
 from resnet_jax.data import cifar, tfds_stream  # noqa: E402
 from resnet_jax.config_args import load_config_module  # noqa: E402
 
@@ -482,7 +481,7 @@ def _csv(kind):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("--model", type=_csv(str), default=["resnet20"], help="comma-separated, e.g. resnet20,plain56")
     p.add_argument("--batch_size", type=_csv(int), default=[128], help="global batch, comma-separated")
     p.add_argument("--dtype", type=_csv(str), default=["float32"], help="float32 and/or bfloat16")

@@ -15,7 +15,6 @@ Prints one line per configuration; with ``--json`` a JSON object with the keys o
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -26,6 +25,8 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from resnet_jax import cli
 
 
 class Block(nn.Module):
@@ -143,7 +144,7 @@ def benchmark(name: str, batch_size: int, *, steps: int = 10, warmup: int = 3, c
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("--model", default="resnet20", help="comma-separated, e.g. resnet20,plain56")
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--steps", type=int, default=10)

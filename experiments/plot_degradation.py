@@ -16,13 +16,13 @@ ImageNet runs (any dataset but CIFAR) give Fig. 4 instead: plain-18/34 (left) an
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from typing import Sequence
 
 from matplotlib.lines import Line2D
 
+from resnet_jax import cli
 from resnet_jax.plotting import depth_colors, plt, save
 from resnet_jax.results import Run, WandbUnavailable, add_source_arguments, load_runs, output_path
 
@@ -123,7 +123,7 @@ def figure_name(runs: Sequence[Run]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     add_source_arguments(parser)
     parser.add_argument("--out", default=None,
                         help="output path without extension (default: SWEEP_DIR/fig6 or fig4, or fig6-GROUP for W&B)")

@@ -20,7 +20,6 @@ gradients would show as grad_norm falling by orders of magnitude towards layer 1
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from resnet_jax import cli
 from resnet_jax import run_dir
 from resnet_jax.plotting import depth_colors, plt, save
 from resnet_jax.results import (Run, WandbUnavailable, find_run_dirs, load_run_dir, net_fields, output_path,
@@ -175,7 +175,7 @@ def plot(runs: Sequence[DiagnosticsRun], steps: Sequence[int], quantities: Seque
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("paths", nargs="*", help="run directories, or sweep directories holding runs")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", default=None,
                         help="read runs from W&B instead (public API; needs network and an API key)")

@@ -16,7 +16,6 @@ weights; the latest one unless ``--step``). The numbers behind the figure go to 
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -28,6 +27,7 @@ import numpy as np
 from absl import logging
 from matplotlib.lines import Line2D
 
+from resnet_jax import cli
 from resnet_jax import data as datasets
 from resnet_jax import diagnostics, evaluate, finetune, models, run_dir, sharding
 from resnet_jax.plotting import depth_colors, plt, save
@@ -135,7 +135,7 @@ def default_title(results: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("paths", nargs="+", help="run directories, or sweep directories holding runs")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: each run's latest)")
     parser.add_argument("--num_images", type=int, default=1000, help="test images to measure on (default 1000)")

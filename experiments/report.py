@@ -11,11 +11,11 @@ paper's 64k iterations, or on a subset of CIFAR-10, is not comparable with these
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Sequence
 
+from resnet_jax import cli
 from resnet_jax.results import Run, WandbUnavailable, add_source_arguments, load_runs
 
 PAPER_ITERATIONS = 64_000
@@ -103,7 +103,7 @@ def report(runs: Sequence[Run]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     add_source_arguments(parser)
     parser.add_argument("--out", default=None, help="write the Markdown here (default: stdout)")
     args = parser.parse_args(argv)

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from resnet_jax import checkpointing, data, models, optim, pretrained, run_dir, sharding
+from resnet_jax import checkpointing, cli, data, models, optim, pretrained, run_dir, sharding
 from resnet_jax.config_args import load_config_module
 from resnet_jax.step import TrainState, init_state, make_evaluator
 
@@ -232,4 +232,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.absl_flags_parser(lambda argv: flags.FLAGS(argv)))

@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from resnet_jax import cli
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -79,7 +81,7 @@ def run(hosts: int, devices_per_host: int, main_args: list[str], heartbeat_s: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = cli.parser(__doc__,
                                      usage="python -m resnet_jax.local_cluster --hosts N [options] -- MAIN_ARGS...")
     parser.add_argument("--hosts", type=int, required=True, help="number of processes (hosts)")
     parser.add_argument("--devices_per_host", type=int, default=2, help="fake CPU devices per host")

@@ -18,6 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports Te
 from absl import app, flags
 from ml_collections import config_flags
 
+from resnet_jax import cli
+
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':args', e.g. configs/cifar10.py:depth=56.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, config.json and W&B files.")
@@ -26,6 +28,16 @@ flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/resnet_jax
                     "Persistent XLA compilation cache directory ('' to disable).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
+# The exit status of a failure that every run of a launch would share (a bad flag or config file,
+# missing data, a broken install or accelerator): launch.sh stops a sweep on it instead of
+# repeating the same error once per run. Other failures exit 1 and the sweep goes on.
+EXIT_SHARED_FAILURE = 3
+
+
+def fail(message: str, shared: bool = False):
+    """Ends the process with one line on stderr; ``shared`` marks a failure every run would meet."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_SHARED_FAILURE if shared else 1)
 
 
 def _initialize_distributed() -> None:
@@ -66,7 +78,10 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (fields are set with --config.FIELD=VALUE)")
     from absl import logging
 
-    from resnet_jax import checkpointing, console, data, train, workdir_lock
+    try:
+        from resnet_jax import checkpointing, console, data, train, workdir_lock
+    except ImportError as e:
+        fail(f"broken install ({e}); reinstall the project: python -m pip install -e .", shared=True)
 
     console.set_verbose(FLAGS.verbose)
     if console.verbose():
@@ -74,14 +89,33 @@ def main(argv) -> None:
     logging.set_verbosity(logging.INFO if console.verbose() else logging.WARNING)  # Orbax logs every file at INFO
     for handler in pylogging.getLogger().handlers:
         handler.addFilter(_quiet_disk_full)
-    _initialize_distributed()
-    _enable_compilation_cache(FLAGS.compilation_cache)
-    expected = (ValueError, FileNotFoundError, data.DatasetUnavailableError, train.TrainingDiverged,
-                workdir_lock.WorkdirInUse, checkpointing.CheckpointWriteError, checkpointing.NoUsableCheckpoint)
+    try:
+        _initialize_distributed()
+        _enable_compilation_cache(FLAGS.compilation_cache)
+        _check_backend()
+    except RuntimeError as e:
+        fail(f"JAX cannot start its backend ({_first_line(e)}); check the accelerator and the jax install "
+             "(JAX_PLATFORMS=cpu runs on the CPU)", shared=True)
+    run_specific = (ValueError, FileNotFoundError, train.TrainingDiverged, workdir_lock.WorkdirInUse,
+                    checkpointing.CheckpointWriteError, checkpointing.NoUsableCheckpoint)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except expected as e:
-        sys.exit(f"error: {e}")
+    except data.DatasetUnavailableError as e:  # every run of a sweep reads the same data
+        fail(str(e), shared=True)
+    except ImportError as e:
+        fail(f"broken install ({e}); reinstall the project: python -m pip install -e .", shared=True)
+    except run_specific as e:
+        fail(str(e))
+
+
+def _check_backend() -> None:
+    import jax
+
+    jax.devices()
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _quiet_disk_full(record) -> bool:
@@ -99,9 +133,9 @@ def parse_flags(argv):
         FLAGS.config.to_dict()  # config_flags defers errors of loading the file; surface them here
         return argv
     except SyntaxError as e:
-        sys.exit(f"error: config file {e.filename} has a syntax error at line {e.lineno}: {e.msg}")
+        fail(f"config file {e.filename} has a syntax error at line {e.lineno}: {e.msg}", shared=True)
     except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
-        sys.exit(f"error: {_one_line(e, _config_file(argv))}")
+        fail(_one_line(e, _config_file(argv)), shared=True)
 
 
 def _config_file(argv) -> str:
@@ -128,7 +162,7 @@ def _one_line(e: Exception, config_file: str = "") -> str:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.absl_flags_parser(parse_flags))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ import safetensors
 import safetensors.numpy
 from flax import traverse_util
 
+from resnet_jax import cli
 from resnet_jax import models
 
 #: The torchvision ResNets (all of them ImageNet nets with option-B shortcuts).
@@ -616,7 +617,7 @@ def export_run(workdir: str, out: str) -> WeightsInfo:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m resnet_jax.pretrained", description=__doc__.split("\n")[0])
+    p = cli.parser(__doc__, prog="python -m resnet_jax.pretrained")
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="depth, classes, v1/v1.5 and parameter count of a weights file")
     info.add_argument("file")

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import shlex
 import sys
 from typing import Sequence
 
+from resnet_jax import cli
 from resnet_jax import run_dir
 from resnet_jax.config_args import load_config_module
 
@@ -437,7 +437,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnet_jax.sweep", description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__, prog="python -m resnet_jax.sweep")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="the run names of a config (one line each)")
     p.add_argument("config")

@@ -508,3 +508,36 @@ def test_sigterm_saves_and_relaunch_resumes(tmp_path, tfds_data_dir):
     assert f"resume from step {status.done}/{total}" in resumed.stdout
     assert f"resuming from step {status.done}" in resumed.stdout
     assert sweep.run_status(str(workdir)).state == "finished"
+
+
+def test_a_failure_every_run_shares_stops_the_sweep_with_one_message(tmp_path):
+    config = tmp_path / "tiny_sweep.py"
+    config.write_text(TINY_SWEEP.format(cifar10=str(REPO / "configs" / "cifar10.py")))
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    for extra in ([], ["--parallel", "2"]):
+        proc = launch(str(config), "--workdir", str(tmp_path / f"sweep{len(extra)}"), f"--config.data_dir={empty}",
+                      *extra, env=env_for(RESNET_JAX_OFFLINE="1"), timeout=300, check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 3, out
+        assert 1 <= out.count("cifar10 is not prepared in") <= 2, out  # at most once per slot
+        if not extra:  # one after another: the second run never starts
+            assert out.count("cifar10 is not prepared in") == 1 and "resnet-8" not in proc.stdout, out
+            assert "1 run(s) not started" in proc.stderr, out
+        assert "failed for a reason every run shares" in proc.stderr and "Traceback" not in out, out
+
+
+def test_a_failure_of_one_run_lets_the_others_go_on(tmp_path, tfds_data_dir):
+    config = tmp_path / "tiny_sweep.py"
+    sweep_text = TINY_SWEEP.format(cifar10=str(REPO / "configs" / "cifar10.py"))
+    config.write_text(sweep_text.replace('    c.wandb.group = "tiny"',
+                                         '    c.wandb.group = "tiny"\n'
+                                         '    if kind == "plain":\n'
+                                         '        c.num_train_steps = 0  # refused by config_checks: this run only'))
+    workdir = tmp_path / "sweep"
+    proc = launch(str(config), "--workdir", str(workdir), f"--config.data_dir={tfds_data_dir}", timeout=300,
+                  check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "plain-8: exit code 1; the other runs go on" in proc.stdout
+    assert sweep.run_status(str(workdir / "resnet-8")).state == "finished"
+    assert f"1 of 2 run(s) failed: plain-8 (exit 1, log: {workdir}/plain-8/launch.log)" in proc.stderr

@@ -17,8 +17,11 @@ def test_trains_on_real_images_and_writes_complete_results(tfds_data_dir, tmp_pa
         assert {"train/loss", "train/error", "lr", "epoch"} <= r.keys()
     evals = [r for r in records if "test/error" in r]
     assert [r["step"] for r in evals] == [30, 60] and all(0 <= r["test/error"] <= 1 for r in evals)
-    first, last = records[0]["train/error"], records[-1]["train/error"]
-    assert last < first - 0.05, f"training error did not fall: {first} -> {last}"
+    # Each record averages 5 mini-batches of 32 (std ~3%): compare the first and last three records.
+    first, last = (sum(r["train/error"] for r in rs) / 3 for rs in (records[:3], records[-3:]))
+    assert last < first - 0.03, f"training error did not fall: {first} -> {last}"
+    first_loss, last_loss = (sum(r["train/loss"] for r in rs) / 3 for rs in (records[:3], records[-3:]))
+    assert last_loss < first_loss - 0.1, f"training loss did not fall: {first_loss} -> {last_loss}"
     config = json.loads((workdir / "config.json").read_text())
     assert config["model"]["depth"] == 8 and config["num_train_steps"] == 60
     assert config["runtime"]["devices"] == 8 and config["runtime"]["num_test"] == 1017
@@ -43,7 +46,8 @@ def test_bad_input_exits_with_a_one_line_error(tmp_path, args, message):
 
 def test_bad_config_argument_lists_the_valid_ones(tmp_path):
     proc = run_main(tmp_path / "run", config="configs/cifar10.py:dept=56", check=False, timeout=120)
-    assert proc.returncode != 0 and "unknown config argument 'dept'; valid: depth, residual" in proc.stderr
+    assert proc.returncode == 3  # main.EXIT_SHARED_FAILURE: launch.sh stops a sweep on it
+    assert "unknown config argument 'dept'; valid: depth, residual" in proc.stderr
 
 
 def test_missing_config_file_is_a_one_line_error(tmp_path):
