@@ -12,6 +12,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # One XLA compilation cache for the test session: subprocess runs of the same net compile once.
 os.environ.setdefault("RESNET_JAX_TEST_CACHE", tempfile.mkdtemp(prefix="resnet_jax_xla_cache_"))
+# Decoded CIFAR splits, shared by the session's processes (resnet_jax/data/array_cache.py).
+os.environ.setdefault("RESNET_JAX_DATA_CACHE", tempfile.mkdtemp(prefix="resnet_jax_data_cache_"))
 
 import sys  # noqa: E402
 

@@ -142,3 +142,48 @@ def test_a_dataset_added_by_one_registry_line_trains_and_evaluates():
         state = train_step(state, next(inputs))
     metrics = step.make_evaluator(svhn, model, mesh)(state)
     assert int(state.step) == 3 and 0 <= metrics["test/error"] <= 1 and np.isfinite(metrics["test/loss"])
+
+
+def test_array_cache_serves_an_unchanged_split_without_tensorflow(tfds_data_dir, tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "tfds"
+    shutil.copytree(f"{tfds_data_dir}/cifar10", data_dir / "cifar10")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RESNET_JAX_DATA_CACHE", str(cache))
+    first = ip.load_split("cifar10", "test", str(data_dir))
+    entries = sorted(cache.glob("cifar10-test-*.npz"))
+    assert len(entries) == 1
+    # A fresh process reads it back without importing TensorFlow, bit for bit.
+    code = ("import sys, numpy as np; from resnet_jax.data import cifar; "
+            f"im, lb = cifar.load_split('cifar10', 'test', {str(data_dir)!r}); "
+            "assert 'tensorflow' not in sys.modules; np.save(sys.argv[1], im); np.save(sys.argv[2], lb)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "im.npy"), str(tmp_path / "lb.npy")], check=True,
+                   env={**__import__("os").environ, "RESNET_JAX_DATA_CACHE": str(cache)})
+    np.testing.assert_array_equal(np.load(tmp_path / "im.npy"), first[0])
+    np.testing.assert_array_equal(np.load(tmp_path / "lb.npy"), first[1])
+    assert first[0].dtype == np.uint8 and first[1].dtype == np.int32
+    # A changed file of the prepared dataset is a new entry, read through TFDS again.
+    shard = next((data_dir / "cifar10").rglob("*test.tfrecord*"))
+    shard.touch()
+    again = ip.load_split("cifar10", "test", str(data_dir))
+    np.testing.assert_array_equal(again[0], first[0])
+    assert len(sorted(cache.glob("cifar10-test-*.npz"))) == 2
+    # A torn entry is read around, not trusted.
+    for entry in cache.glob("*.npz"):
+        entry.write_bytes(b"torn")
+    np.testing.assert_array_equal(ip.load_split("cifar10", "test", str(data_dir))[1], first[1])
+
+
+def test_array_cache_off_and_split_names_differ(tfds_data_dir, tmp_path, monkeypatch):
+    from resnet_jax.data import array_cache
+
+    monkeypatch.setenv("RESNET_JAX_DATA_CACHE", "")
+    assert array_cache.entry_path("cifar10", "train", tfds_data_dir) is None
+    monkeypatch.setenv("RESNET_JAX_DATA_CACHE", str(tmp_path))
+    a = array_cache.entry_path("cifar10", "train[:90%]", tfds_data_dir)
+    b = array_cache.entry_path("cifar10", "train[90%:]", tfds_data_dir)
+    assert a != b and a.startswith(str(tmp_path))
+    assert array_cache.entry_path("cifar10", "train", str(tmp_path / "nothing_prepared")) is None

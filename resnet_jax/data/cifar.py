@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import sharding
-from resnet_jax.data import tfds_prepare
+from resnet_jax.data import array_cache, tfds_prepare
 from resnet_jax.data.base import Examples
 
 PAD = 4  # the paper: pad 4 px each side, random 32x32 crop
@@ -32,7 +32,18 @@ def split_names(val_split: bool) -> tuple[str, str]:
 
 
 def load_split(dataset: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (images uint8 [N, H, W, 3], labels int32 [N]) of one TFDS split."""
+    """Returns (images uint8 [N, H, W, 3], labels int32 [N]) of one TFDS split (from the array cache
+    when the prepared files are unchanged: no TensorFlow import)."""
+    entry = array_cache.entry_path(dataset, split, data_dir)
+    cached = array_cache.load(entry)
+    if cached is not None:
+        return cached
+    images, labels = _read_tfds_split(dataset, split, data_dir)
+    array_cache.save(entry, images, labels)
+    return images, labels
+
+
+def _read_tfds_split(dataset: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
     builder = tfds_prepare.prepared_builder(dataset, data_dir)
     tfds = tfds_prepare.tfds()
     with tfds_prepare.reading(builder, split):
