@@ -57,8 +57,8 @@ def main(argv=None) -> int:
             print(f"# {model}: compile {row['compile_s']:.1f} s cold, {row['compile_s_cached']:.1f} s cached",
                   file=sys.stderr, flush=True)
     out = sys.stderr if args.json else sys.stdout
-    print(f"{'model':<12} {'scan':>4} {'lower s':>7} {'compile s':>9} {'cached s':>8} {'init s':>6} {'init cached s':>13}  load",
-          file=out)
+    print(f"{'model':<12} {'scan':>4} {'lower s':>7} {'compile s':>9} {'cached s':>8} {'init s':>6} "
+          f"{'init cached s':>13}  load", file=out)
     for r in rows:
         print(f"{r['model']:<12} {'yes' if r['scan'] else 'no':>4} {r['lower_s']:>7.2f} {r['compile_s']:>9.2f} "
               f"{r['compile_s_cached']:>8.2f} {r['init_s']:>6.2f} {r['init_s_cached']:>13.2f}  {r['load_avg']}", file=out)

@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     else:
         print(f"{result['pipeline']} pipeline, {args.dataset} ({result['mean_jpeg_kb']:.0f} KB, "
               f"{result['mean_megapixels']:.2f} MP per image): {result['images_per_s']:.0f} images/s on this host "
-              f"({result['cpus']} CPUs, {result['images_per_s'] / result['cpus']:.0f} per CPU; load {result['load_avg']:.1f})")
+              f"({result['cpus']} CPUs, {result['images_per_s'] / result['cpus']:.0f} per CPU; "
+              f"load {result['load_avg']:.1f})")
     return 0
 
 

@@ -448,7 +448,8 @@ def table(results: list[dict]) -> str:
                   if r["step_s"] else "-")
         mem = r["peak_bytes"] if r["peak_bytes"] is not None else None
         lines.append(
-            f"{r['model']:<12} {r['batch_size']:>5} {r['dtype']:>8} {str(r['replicas']) + (r['pack'] or '')[:1]:>3} {'yes' if r['scan'] else 'no':>4} "
+            f"{r['model']:<12} {r['batch_size']:>5} {r['dtype']:>8} {str(r['replicas']) + (r['pack'] or '')[:1]:>3} "
+            f"{'yes' if r['scan'] else 'no':>4} "
             f"{spread:>22} {_fmt(r['img_per_s'], '.1f'):>8} {r['lower_s']:>7.2f} {r['compile_s']:>9.2f} "
             f"{_fmt(r.get('tflops'), '.4f'):>8} {_fmt(r.get('frac_of_peak') and 100 * r['frac_of_peak'], '.1f'):>6}% "
             f"{_fmt(mem and mem / 2**30, '.2f'):>7}GB")

@@ -1,4 +1,5 @@
-"""Streamed JPEG datasets (ImageNet and any TFDS set with a JPEG 'image' and a 'label'): JPEGs streamed from TFDS by tf.data on every host, fed as global arrays.
+"""Streamed JPEG datasets (ImageNet and any TFDS set with a JPEG 'image' and a 'label'): JPEGs
+streamed from TFDS by tf.data on every host, fed as global arrays.
 
 ImageNet (140 GB) cannot live on the devices as CIFAR does. Each host reads its own part of
 every split (``tfds.even_splits``, as ``tfds.split_for_jax_process``), decodes and augments its
