@@ -202,3 +202,15 @@ class Checkpointer:
 def abstract_with_sharding(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     """ShapeDtypeStructs of `tree` (e.g. from jax.eval_shape) placed on `sharding`."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def read_variables(step_folder: str) -> tuple[dict, dict]:
+    """(params, batch_stats) of one checkpoint step folder as host numpy arrays, whatever mesh saved
+    it: what fine-tuning, weight export and the Fig. 7 measurements read from a run."""
+    checkpointer = ocp.PyTreeCheckpointer()
+    state_dir = os.path.join(step_folder, "state")
+    tree = checkpointer.metadata(state_dir).item_metadata
+    tree = getattr(tree, "tree", tree)
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+    return state["params"], state.get("batch_stats", {})

@@ -17,10 +17,9 @@ from typing import Any
 import jax
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from resnet_jax import pretrained, run_dir, sharding
+from resnet_jax import checkpointing, pretrained, run_dir, sharding
 
 HEAD = "fc"
 IMAGENET_STEM = (7, 7)  # the stem kernel of torchvision's (and our ImageNet) ResNets; CIFAR nets have 3x3
@@ -48,12 +47,9 @@ def resolve_checkpoint(path: str) -> tuple[str, int]:
     """(checkpoint step folder, step) from a workdir, its checkpoints/ folder, or one step folder."""
     path = os.path.abspath(path)
     check_init_from(path)
-    workdir = os.path.dirname(path) if os.path.basename(path) == run_dir.CHECKPOINTS else path
-    steps = run_dir.checkpoint_steps(workdir)
-    if steps:
-        return os.path.join(run_dir.checkpoint_dir(workdir), str(steps[-1])), steps[-1]
-    if os.path.isdir(os.path.join(path, "state")) and os.path.basename(path).isdigit():
-        return path, int(os.path.basename(path))
+    found = run_dir.step_folder(path)
+    if found:
+        return found
     raise InitFromNotFound(f"init_from={path!r}: no checkpoint there; give a run's workdir, WORKDIR/checkpoints/STEP "
                            "or a weights file (.safetensors, .pth)")
 
@@ -61,13 +57,8 @@ def resolve_checkpoint(path: str) -> tuple[str, int]:
 def load_variables(path: str) -> tuple[dict, dict, int]:
     """(params, batch_stats, step) of a checkpoint as host numpy arrays, whatever mesh saved it."""
     folder, step = resolve_checkpoint(path)
-    checkpointer = ocp.PyTreeCheckpointer()
-    state_dir = os.path.join(folder, "state")
-    tree = checkpointer.metadata(state_dir).item_metadata
-    tree = getattr(tree, "tree", tree)
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-    return state["params"], state.get("batch_stats", {}), step
+    params, batch_stats = checkpointing.read_variables(folder)
+    return params, batch_stats, step
 
 
 def merge_pretrained(target: dict, source: dict, what: str) -> tuple[dict, list[str]]:

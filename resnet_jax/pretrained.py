@@ -55,8 +55,7 @@ import safetensors
 import safetensors.numpy
 from flax import traverse_util
 
-from resnet_jax import cli
-from resnet_jax import models
+from resnet_jax import checkpointing, cli, models, run_dir
 
 #: The torchvision ResNets (all of them ImageNet nets with option-B shortcuts).
 TORCHVISION_DEPTHS = (18, 34, 50, 101, 152)
@@ -597,9 +596,6 @@ def _run_config(workdir: str) -> dict:
 
 def export_run(workdir: str, out: str) -> WeightsInfo:
     """Export a run's latest checkpoint (or WORKDIR/checkpoints/STEP) as torchvision-layout safetensors."""
-    # Imported here: finetune (orbax, optax) is only needed to read a run, and it will import this module.
-    from resnet_jax import finetune
-
     config = _run_config(workdir)
     model = config.get("model", {})
     if model and (model.get("family") != "imagenet" or not model.get("residual", True)
@@ -607,7 +603,11 @@ def export_run(workdir: str, out: str) -> WeightsInfo:
         raise ValueError(f"{workdir}: a {model.get('family')} net (residual={model.get('residual')}, shortcut "
                          f"{model.get('shortcut')}) has no torchvision layout: only residual ImageNet nets with "
                          "shortcut B export")
-    params, batch_stats, step = finetune.load_variables(workdir)
+    found = run_dir.step_folder(workdir)
+    if found is None:
+        raise ValueError(f"{workdir}: no checkpoint there; give a run's workdir or WORKDIR/checkpoints/STEP")
+    params, batch_stats = checkpointing.read_variables(found[0])
+    step = found[1]
     stride = model.get("stride_in_3x3")
     extra = {"step": str(step), "run": str(config.get("name", os.path.basename(os.path.abspath(workdir)))),
              "normalization": str(config.get("normalization", "mean"))}  # our runs subtract the mean only

@@ -174,6 +174,19 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(workdir, CHECKPOINTS)
 
 
+def step_folder(path: str) -> tuple[str, int] | None:
+    """(checkpoint step folder, step) that `path` names: a workdir (its latest checkpoint), its
+    checkpoints/ folder, or one WORKDIR/checkpoints/STEP folder; None if it names no checkpoint."""
+    path = os.path.abspath(path)
+    workdir = os.path.dirname(path) if os.path.basename(path) == CHECKPOINTS else path
+    steps = checkpoint_steps(workdir)
+    if steps:
+        return os.path.join(checkpoint_dir(workdir), str(steps[-1])), steps[-1]
+    if os.path.isdir(os.path.join(path, "state")) and os.path.basename(path).isdigit():
+        return path, int(os.path.basename(path))
+    return None
+
+
 def checkpoint_steps(workdir: str) -> list[int]:
     """Steps of the complete checkpoints in WORKDIR/checkpoints, ascending.
 
