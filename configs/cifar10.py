@@ -98,7 +98,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.warmup_until_error = 0.8
 
     # Fine-tuning from a trained run (see resnet_jax/finetune.py).
-    c.init_from = config_dict.placeholder(str)       # a run's workdir, WORKDIR/checkpoints/STEP, or a weights file (.safetensors, .pth)
+    # init_from: a run's workdir, WORKDIR/checkpoints/STEP, or a weights file (.safetensors, .pth)
+    c.init_from = config_dict.placeholder(str)
     c.freeze_backbone = False                        # True: linear probe (only the new head trains)
     c.backbone_learning_rate = config_dict.placeholder(float)  # None: same as learning_rate
 
@@ -118,5 +119,6 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.wandb.project = "resnet-degradation"
     c.wandb.entity = config_dict.placeholder(str)
     c.wandb.group = config_dict.placeholder(str)     # the sweep's name; set by sweeps
+    c.wandb.job_type = config_dict.placeholder(str)  # the net (plain-56, ...): W&B aggregates the seeds of a job type
     c.wandb.tags = ()
     return c

@@ -9,7 +9,8 @@ One run of it by hand:
 
     python -m resnet_jax.main --config=configs/cifar10_width.py:run=plain-wrn-16-4 --workdir=runs/width/plain-wrn-16-4
 
-Arguments: ``run=NAME`` picks the run. The 18 runs: wrn-16-1/2/4/8 and their plain twins
+Arguments: ``run=NAME`` picks the run; ``seeds=N`` runs every net with seeds 0..N-1 (runs
+NET/seed-K in DIR/NET/seed-K). The 18 runs: wrn-16-1/2/4/8 and their plain twins
 (plain-wrn-16-k: no shortcuts, projections included), resnet-20/32/44/56/110 and
 plain-20/32/44/56/110. Every run uses the paper's CIFAR recipe (configs/cifar10.py), so a wide
 shallow net and a thin deep one differ only in their shape: WRN-16-1 (0.18M parameters) is a
@@ -19,7 +20,7 @@ wide plain net degrade like a deep plain one?
 """
 import pathlib
 
-from resnet_jax.config_args import load_config_module, parse_config_arg
+from resnet_jax.config_args import load_config_module, name_sweep_run, parse_config_arg, seed_runs, split_seed
 
 cifar10 = load_config_module(pathlib.Path(__file__).with_name("cifar10.py"))
 
@@ -27,14 +28,15 @@ WRN_DEPTH = 16
 WIDTHS = (1, 2, 4, 8)
 DEPTHS = (20, 32, 44, 56, 110)
 SWEEP_NAME = "cifar10-width"
+ARGS = dict(run="", seeds=1)
 
 
 def get_sweep(arg: str | None = None) -> list[str]:
     """The run names of the sweep, in launch order (the big WRNs last)."""
-    parse_config_arg(arg, dict(run=""))
+    a = parse_config_arg(arg, ARGS)
     wide = [f"{kind}wrn-{WRN_DEPTH}-{k}" for k in WIDTHS for kind in ("plain-", "")]
     deep = [f"{kind}-{d}" for d in DEPTHS for kind in ("plain", "resnet")]
-    return deep + wide
+    return seed_runs(deep + wide, a["seeds"])
 
 
 def config_arg(run: str) -> str:
@@ -47,10 +49,10 @@ def config_arg(run: str) -> str:
 
 
 def get_config(arg: str | None = None):
-    a = parse_config_arg(arg, dict(run=""))
+    a = parse_config_arg(arg, ARGS)
     runs = get_sweep(arg)
     if a["run"] not in runs:
         raise ValueError(f"run={a['run']!r} is not in this sweep; valid: {', '.join(runs)}")
-    c = cifar10.get_config(config_arg(a["run"]))
-    c.wandb.group = SWEEP_NAME
+    c = cifar10.get_config(config_arg(split_seed(a["run"])[0]))
+    name_sweep_run(c, a["run"], SWEEP_NAME)
     return c

@@ -9,14 +9,15 @@ One run of it by hand:
 
     python -m resnet_jax.main --config=configs/imagenet_degradation.py:run=plain-34 --workdir=runs/fig4/plain-34
 
-Arguments: ``run=NAME`` picks the run; ``table3`` adds ResNet-34 with shortcut options B and C
+Arguments: ``run=NAME`` picks the run; ``seeds=N`` runs every net with seeds 0..N-1 (runs
+NET/seed-K in DIR/NET/seed-K); ``table3`` adds ResNet-34 with shortcut options B and C
 (Table 3: projections for increasing dimensions, or for every shortcut); ``imagenette`` runs the
 same sweep on Imagenette (10 classes, 9,469 training images: minutes per run on one GPU) for a
 small trial of the whole pipeline; it shows the set-up works, not the paper's numbers.
 """
 import pathlib
 
-from resnet_jax.config_args import load_config_module, parse_config_arg
+from resnet_jax.config_args import load_config_module, name_sweep_run, parse_config_arg, seed_runs, split_seed
 
 imagenet = load_config_module(pathlib.Path(__file__).with_name("imagenet.py"))
 
@@ -26,20 +27,23 @@ SWEEP_NAME = "imagenet-degradation"
 FLAGS = ("table3", "imagenette")
 
 
+ARGS = dict(run="", seeds=1)
+
+
 def get_sweep(arg: str | None = None) -> list[str]:
     """The run names of the sweep, in launch order."""
-    a = parse_config_arg(arg, dict(run=""), flags=FLAGS)
-    return list(FIG4) + (list(TABLE3) if a["table3"] else [])
+    a = parse_config_arg(arg, ARGS, flags=FLAGS)
+    return seed_runs(list(FIG4) + (list(TABLE3) if a["table3"] else []), a["seeds"])
 
 
 def get_config(arg: str | None = None):
-    a = parse_config_arg(arg, dict(run=""), flags=FLAGS)
+    a = parse_config_arg(arg, ARGS, flags=FLAGS)
     runs = get_sweep(arg)
     if a["run"] not in runs:
         raise ValueError(f"run={a['run']!r} is not in this sweep; valid: {', '.join(runs)}")
-    kind, depth, *shortcut = a["run"].split("-")
+    kind, depth, *shortcut = split_seed(a["run"])[0].split("-")
     dataset = "imagenette" if a["imagenette"] else "imagenet2012"
     c = imagenet.get_config(f"depth={depth},residual={kind == 'resnet'},shortcut={''.join(shortcut) or 'A'},"
                             f"dataset={dataset}")
-    c.wandb.group = SWEEP_NAME + ("-imagenette" if a["imagenette"] else "")
+    name_sweep_run(c, a["run"], SWEEP_NAME + ("-imagenette" if a["imagenette"] else ""))
     return c

@@ -1,7 +1,7 @@
 """Fig. 6 (CIFAR-10) or Fig. 4 (ImageNet) of He et al. (2016) from a sweep: training and test error.
 
-    python experiments/plot_degradation.py runs/cifar10-degradation                # -> runs/cifar10-degradation/fig6.{png,pdf}
-    python experiments/plot_degradation.py runs/imagenet-degradation               # -> runs/imagenet-degradation/fig4.{png,pdf}
+    python experiments/plot_degradation.py runs/cifar10-degradation     # -> runs/cifar10-degradation/fig6.{png,pdf}
+    python experiments/plot_degradation.py runs/imagenet-degradation    # -> runs/imagenet-degradation/fig4.{png,pdf}
     python experiments/plot_degradation.py runs/a/plain-20 runs/b/resnet-20 --out figs/mine
     python experiments/plot_degradation.py --wandb ENTITY/resnet-degradation --group cifar10-degradation
 
@@ -9,7 +9,9 @@ Panels as in the paper: plain nets (left), ResNets (middle), and ResNet-110 agai
 (right, only when a ResNet deeper than 110 layers is there). One colour per depth, the same in
 every panel, so plain-56 and ResNet-56 can be compared across panels. Works for runs of any length
 (the x axis switches to units of 1e4 iterations, as in the paper, from 10k iterations on) and for
-runs still in progress (their legend entry says how far they are).
+runs still in progress (their legend entry says how far they are). A net trained over several
+seeds (a sweep with ``seeds=N``) draws as its mean curve with a shaded band of +-1 standard
+deviation over the seeds (at the steps every seed has reached); a single run draws as itself.
 
 ImageNet runs (any dataset but CIFAR) give Fig. 4 instead: plain-18/34 (left) and ResNet-18/34
 (right), thin training error and bold validation (centre-crop) error against epochs.
@@ -22,7 +24,7 @@ from typing import Sequence
 
 from matplotlib.lines import Line2D
 
-from resnet_jax import cli
+from resnet_jax import cli, seed_stats
 from resnet_jax.plotting import depth_colors, plt, save
 from resnet_jax.results import Run, WandbUnavailable, add_source_arguments, load_runs, output_path
 
@@ -46,11 +48,40 @@ def panels(runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
     return [(t, rs) for t, rs in out if rs]
 
 
-def legend_label(run: Run) -> str:
+def legend_label(net: seed_stats.Net) -> str:
+    run = net.first
+    if net.n > 1:
+        label = f"{net.name} (mean ± std, {net.n} seeds)"
+        if not all(r.finished for r in net.runs):
+            label += f" [{min(r.steps_done for r in net.runs)}/{run.num_train_steps or '?'}]"
+        return label
     label = run.name if run.name == run.net else f"{run.name} ({run.net})"
     if not run.finished:
         label += f" [{run.steps_done}/{run.num_train_steps or '?'}]"
     return label
+
+
+def draw(ax, net: seed_stats.Net, which: str, x_per: float, color, label: str | None, **style):
+    """One net's training or test curve: the run itself, or the mean over its seeds with a +-1 std band.
+    Lines carry gid ``NAME/train`` or ``NAME/test`` (bands ``NAME/train-band``)."""
+    curves = [getattr(r, which) for r in net.runs if getattr(r, which)]
+    if not curves:
+        return
+    if net.n == 1:
+        steps, mean, std = [s for s, _ in curves[0]], [e for _, e in curves[0]], None
+        name = net.first.name
+    else:
+        steps, mean, std = seed_stats.mean_curve(curves)
+        name = net.name
+    x = [s / x_per for s in steps]
+    one_point = which == "test" and len(steps) == 1
+    (line,) = ax.plot(x, [100 * e for e in mean], color=color, label=label, marker="o" if one_point else None,
+                      **style)
+    line.set_gid(f"{name}/{which}")
+    if std is not None and len(steps):
+        band = ax.fill_between(x, [100 * (m - d) for m, d in zip(mean, std)], [100 * (m + d) for m, d in zip(mean, std)],
+                               color=color, alpha=0.18 if which == "test" else 0.1, linewidth=0)
+        band.set_gid(f"{name}/{which}-band")
 
 
 def y_top(runs: Sequence[Run]) -> float:
@@ -63,7 +94,7 @@ def y_top(runs: Sequence[Run]) -> float:
 
 
 def plot(runs: Sequence[Run], title: str | None = None, ylim: float | None = None):
-    """The figure (one panel per group of runs); lines carry gid ``NAME/train`` or ``NAME/test``."""
+    """The figure (one panel per group of runs); see `draw` for what each net draws."""
     groups = panels(runs)
     if not groups:
         raise ValueError("no plain or residual runs to plot (is each run's config.json there?)")
@@ -78,19 +109,12 @@ def plot(runs: Sequence[Run], title: str | None = None, ylim: float | None = Non
 
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), sharey=True, squeeze=False)
     for ax, (panel_title, panel_runs) in zip(axes[0], groups):
-        for run in sorted(panel_runs, key=Run.sort_key):
-            color = colors[run.size]
-            per = run.steps_per_epoch if by_epoch else scale
-            if run.train:
-                (line,) = ax.plot([s / per for s, _ in run.train], [100 * e for _, e in run.train],
-                                  color=color, **train_style)
-                line.set_gid(f"{run.name}/train")
-            if run.test:
-                (line,) = ax.plot([s / per for s, _ in run.test], [100 * e for _, e in run.test], color=color,
-                                  marker="o" if len(run.test) == 1 else None, label=legend_label(run), **TEST_STYLE)
-                line.set_gid(f"{run.name}/test")
-            elif run.train:  # no evaluation yet: label the training curve
-                ax.lines[-1].set_label(legend_label(run))
+        for net in seed_stats.group_by_net(panel_runs):
+            color = colors[net.first.size]
+            per = net.first.steps_per_epoch if by_epoch else scale
+            tested = any(r.test for r in net.runs)
+            draw(ax, net, "train", per, color, None if tested else legend_label(net), **train_style)
+            draw(ax, net, "test", per, color, legend_label(net) if tested else None, **TEST_STYLE)
         ax.set_title(panel_title)
         ax.set_xlabel(xlabel)
         ax.set_xlim(left=0)
@@ -102,7 +126,8 @@ def plot(runs: Sequence[Run], title: str | None = None, ylim: float | None = Non
         ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.85)
     axes[0][0].set_ylabel("error (%)")
     if title:
-        fig.suptitle(title)
+        seeds = max(n.n for n in seed_stats.group_by_net(runs))
+        fig.suptitle(title + (f"; shaded: ±1 std over up to {seeds} seeds" if seeds > 1 else ""))
     fig.tight_layout()
     return fig
 

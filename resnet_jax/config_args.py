@@ -5,7 +5,7 @@ at once with a one-line message listing what is valid.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -48,6 +48,36 @@ def parse_config_arg(arg: str | None, defaults: Mapping[str, Any], flags: tuple[
             raise ValueError(f"unknown config argument {key!r}; valid: {', '.join(list(defaults) + list(flags))}")
         values[key] = _convert(key, text.strip(), defaults[key])
     return values
+
+
+def seed_runs(nets: Sequence[str], seeds: int) -> list[str]:
+    """The run names of a sweep of `nets` over `seeds` seeds: the nets themselves for one seed (as
+    before seeds existed), else ``NET/seed-K`` for K = 0..seeds-1, seed by seed, so that a sweep cut
+    short has every net at the seeds it reached."""
+    if seeds < 1:
+        raise ValueError(f"config argument seeds={seeds}: expected 1 or more")
+    if seeds == 1:
+        return list(nets)
+    return [f"{net}/seed-{k}" for k in range(seeds) for net in nets]
+
+
+def split_seed(run: str) -> tuple[str, int | None]:
+    """``"plain-56/seed-2"`` -> ``("plain-56", 2)``; ``"plain-56"`` -> ``("plain-56", None)``."""
+    net, sep, seed = run.partition("/seed-")
+    if sep and not seed.isdigit():
+        raise ValueError(f"run={run!r}: expected NET/seed-K with K a number, e.g. plain-56/seed-2")
+    return net, int(seed) if sep else None
+
+
+def name_sweep_run(config, run: str, group: str) -> None:
+    """Names a sweep's run so that W&B groups the sweep and aggregates the seeds of one net: group =
+    the sweep, job type = the net, run name = `run`; a ``NET/seed-K`` run trains with seed K."""
+    net, seed = split_seed(run)
+    config.name = run
+    config.wandb.group = group
+    config.wandb.job_type = net
+    if seed is not None:
+        config.seed = seed
 
 
 def load_config_module(path: str):

@@ -89,7 +89,7 @@ def wandb_mode(configured: str | None) -> str:
 def wandb_tags(config) -> list[str]:
     m = config.model
     tags = [f"depth={m.depth}", "residual" if m.residual else "plain", f"shortcut={m.shortcut}", config.dataset,
-            f"family={m.family}"]
+            f"family={m.family}", f"seed={config.seed}"]
     if m.get("widen_factor"):
         tags.append(f"width={m.widen_factor}")
     if m.get("norm") and m.norm != "batch":
@@ -156,7 +156,8 @@ class WandbWriter:
 
         return wandb.init(
             project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
-            name=config.name, tags=wandb_tags(config), config=config.to_dict(), id=run_id,
+            job_type=config.wandb.get("job_type"), name=config.name, tags=wandb_tags(config), config=config.to_dict(),
+            id=run_id,
             resume="allow", mode=mode, dir=workdir,
             settings=wandb.Settings(init_timeout=30, console="off", silent=True))
 

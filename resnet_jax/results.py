@@ -18,6 +18,7 @@ import statistics
 from typing import Any, Iterable, Sequence
 
 from resnet_jax import run_dir
+from resnet_jax.config_args import split_seed
 from resnet_jax.metric_writers import has_wandb_api_key
 
 NORM_SUFFIX = {"batch": "", "group": "-gn", "none": "-nobn"}  # as the configs name runs
@@ -61,6 +62,29 @@ class Run:
         field was overridden)."""
         net = f"{self.kind}-{self.depth if self.depth is not None else '?'}" + (f"-{self.width}" if self.width else "")
         return net + NORM_SUFFIX.get(self.model.get("norm") or "batch", "-" + str(self.model.get("norm")))
+
+    @property
+    def seed(self) -> int | None:
+        seed = self.config.get("seed")
+        return None if seed is None else int(seed)
+
+    @property
+    def is_paper_net(self) -> bool:
+        """One of the paper's plain/ResNet nets (its blocks, batch norm), which its numbers are for."""
+        m = self.model
+        return (self.kind in ("plain", "resnet") and not m.get("block") and (m.get("norm") or "batch") == "batch"
+                and m.get("family", "cifar") in ("cifar", "imagenet"))
+
+    @property
+    def job(self) -> str:
+        """The net as its sweep named it (the W&B job type; the run name without /seed-K): the seeds
+        of one net share it."""
+        return (self.config.get("wandb") or {}).get("job_type") or split_seed(self.name)[0]
+
+    @property
+    def diverged(self) -> dict | None:
+        """{step, last_good_checkpoint} where the run stopped on a non-finite loss (run_dir.mark_diverged)."""
+        return (self.config.get("runtime") or {}).get("diverged")
 
     @property
     def size(self) -> int | tuple | None:
@@ -172,21 +196,28 @@ def load_run_dir(path: str) -> Run:
 
 
 def find_run_dirs(paths: Sequence[str]) -> list[str]:
-    """Each path is a run directory, or a sweep directory whose sub-directories are runs."""
+    """Each path is a run directory, or a sweep directory with runs below it (WORKDIR/NET, or
+    WORKDIR/NET/seed-K for a sweep over seeds)."""
     found = []
     for path in paths:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: no such directory")
-        if run_dir.is_run_dir(path):
-            found.append(path)
-            continue
-        subs = sorted(os.path.join(path, d) for d in os.listdir(path))
-        runs = [d for d in subs if os.path.isdir(d) and run_dir.is_run_dir(d)]
+        runs = _runs_below(path, levels=3)
         if not runs:
             raise FileNotFoundError(f"{path}: neither a run directory (config.json, metrics.jsonl) "
                                     "nor a sweep directory with runs in it")
         found += runs
     return found
+
+
+def _runs_below(path: str, levels: int) -> list[str]:
+    """`path` if it is a run directory, else the run directories at most `levels` below it."""
+    if run_dir.is_run_dir(path):
+        return [path]
+    if levels == 0:
+        return []
+    subs = sorted(os.path.join(path, d) for d in os.listdir(path))
+    return [run for d in subs if os.path.isdir(d) for run in _runs_below(d, levels - 1)]
 
 
 def load_local_runs(paths: Sequence[str]) -> list[Run]:

@@ -42,8 +42,8 @@ def without_timing(records):
     return [{k: v for k, v in r.items() if k not in ("img_per_s",)} for r in records]
 
 
-def read_wandb_offline_run(run_file):
-    """(history rows, config dict, summary dict) decoded from an offline W&B run file (run-<id>.wandb).
+def wandb_records(run_file):
+    """The protobuf `Record`s of an offline W&B run file (run-<id>.wandb).
 
     The file is a LevelDB-style log (32 KiB blocks of crc32/length/type-framed chunks) of
     protobuf `Record`s, behind a 7-byte ':W&B' header; decoding it ourselves proves what
@@ -68,6 +68,19 @@ def read_wandb_offline_run(run_file):
             record.ParseFromString(pending)
             records.append(record)
             pending = b""
+    return records
+
+
+def read_wandb_run_record(run_file):
+    """What the run was started as: {group, job_type, name, tags, project}."""
+    (run,) = [r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run"][:1]
+    return {"group": run.run_group, "job_type": run.job_type, "name": run.display_name, "tags": list(run.tags),
+            "project": run.project}
+
+
+def read_wandb_offline_run(run_file):
+    """(history rows, config dict, summary dict) decoded from an offline W&B run file."""
+    records = wandb_records(run_file)
     history, config, summary = [], {}, {}
     for r in records:
         kind = r.WhichOneof("record_type")

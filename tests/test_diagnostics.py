@@ -57,7 +57,8 @@ def direct_depth8(v, x, residual):
     conv = lambda x, w, st: jax.lax.conv_general_dilated(x, w, (st, st), [(1, 1), (1, 1)], dimension_numbers=_NHWC)
     bn = lambda x, name, blk=None: ((x - (s[blk][name] if blk else s[name])["mean"])
                                     / jnp.sqrt((s[blk][name] if blk else s[name])["var"] + 1e-5)
-                                    * (p[blk][name] if blk else p[name])["scale"] + (p[blk][name] if blk else p[name])["bias"])
+                                    * (p[blk][name] if blk else p[name])["scale"]
+                                    + (p[blk][name] if blk else p[name])["bias"])
     responses, ratios = [], []
     r = bn(conv(x, p["stem_conv"]["kernel"], 1), "stem_bn")
     responses.append(r)
@@ -244,7 +245,8 @@ def tiny_sweep(tfds_data_dir, tmp_path_factory):
     sweep = tmp_path_factory.mktemp("diag_sweep")
     procs = {}
     for name, arg in (("plain-8", "depth=8,residual=false"), ("resnet-8", "depth=8")):
-        procs[name] = run_main(sweep / name, f"--config.data_dir={tfds_data_dir}", *[a for a in TINY if "checkpoint_every" not in a], "--config.num_train_steps=10",
+        procs[name] = run_main(sweep / name, f"--config.data_dir={tfds_data_dir}",
+                               *[a for a in TINY if "checkpoint_every" not in a], "--config.num_train_steps=10",
                                "--config.diagnostics_every=5", "--config.diagnostics_batch=32",
                                "--config.checkpoint_every=5", config=f"configs/cifar10.py:{arg}", devices=2,
                                env=env_with_devices(2, JAX_LOG_COMPILES="1",
@@ -282,12 +284,12 @@ def test_wandb_gets_one_series_per_layer_and_histograms(tiny_sweep):
     rows = {h["_step"]: h for h in history if "diagnostics/grad_norm/0000" in h}
     assert sorted(rows) == [0, 5, 10]
     ours = {r["step"]: r for r in read_jsonl(sweep / "resnet-8" / "metrics.jsonl")}
-    for step, row in rows.items():
+    for at, row in rows.items():
         for q in ("grad_norm", "grad_to_weight", "response_std", "branch_ratio"):
-            values = ours[step][f"diagnostics/{q}"]
+            values = ours[at][f"diagnostics/{q}"]
             assert [row[f"diagnostics/{q}/{i:04d}"] for i in range(len(values))] == values
             assert f"diagnostics/{q}/{len(values):04d}" not in row
-        assert row["diagnostics/branch_ratio_mean"] == ours[step]["diagnostics/branch_ratio_mean"]
+        assert row["diagnostics/branch_ratio_mean"] == ours[at]["diagnostics/branch_ratio_mean"]
         assert any(k.startswith("diagnostics/grad_norm_hist") for k in row)  # a wandb.Histogram
 
 
@@ -332,9 +334,9 @@ class _FakeWandbRun:
     def __init__(self, name, depth, residual):
         self.name, self.config, self.url = name, {"model": {"depth": depth, "residual": residual}}, name
         self.rows = [{"_step": 5, "train/error": 0.5}]
-        for step in (0, 10):
-            row = {"_step": step}
-            row.update(metric_writers.wandb_metrics({"diagnostics/grad_norm": [1.0, 2.0, 3.0 + step],
+        for at in (0, 10):
+            row = {"_step": at}
+            row.update(metric_writers.wandb_metrics({"diagnostics/grad_norm": [1.0, 2.0, 3.0 + at],
                                                      "diagnostics/branch_ratio": [0.5, 0.25]}))
             self.rows.append({k: v for k, v in row.items() if not k.endswith("_hist")})
 
