@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import threading
 import urllib.parse
@@ -176,9 +177,14 @@ class WandbWriter:
         if self._started() is not None:
             self.run.summary.update(dict(values))
 
-    def close(self) -> None:
+    def close(self, preempted_by: str | None = None) -> None:
+        """`preempted_by`: the signal that stopped the run (it resumes later). W&B then marks the run
+        preempting and gets the process's exit code, so a W&B sweep re-queues it instead of counting
+        it finished."""
         if self._started() is not None:
-            self.run.finish()
+            if preempted_by:
+                self.run.mark_preempting()
+            self.run.finish(exit_code=128 + signal.Signals[preempted_by] if preempted_by else None)
             self.run = None
 
 
@@ -207,6 +213,6 @@ class MetricWriter:
             if isinstance(w, WandbWriter):
                 w.summary(values)
 
-    def close(self) -> None:
+    def close(self, preempted_by: str | None = None) -> None:
         for w in self.writers:
-            w.close()
+            w.close(preempted_by) if isinstance(w, WandbWriter) else w.close()

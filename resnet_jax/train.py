@@ -294,7 +294,7 @@ class Trainer:
 
     def interrupted(self, done: int, signal_name: str):
         self.ckpt.close()
-        self.writer.close()
+        self.writer.close(preempted_by=signal_name)
         print(f"{self.config.name}: stopped by {signal_name} at step {done}; checkpoint saved in {self.ckpt.directory}. "
               "Re-run the same command to resume.", flush=True)
         raise preemption.Interrupted(preemption.exit_code(signal_name))
@@ -358,7 +358,8 @@ def _train(config, workdir: str, mesh, ckpt, is_main: bool, stop) -> dict:
             print(f"{config.name}: already finished ({start} of {config.num_train_steps} steps) in {workdir}")
             return {"step": start, "finished": True}
     saved_runtime = run_dir.saved_runtime(workdir) if start is not None else {}
-    run_id = saved_wandb_run_id(workdir) or uuid.uuid4().hex[:12]
+    # A W&B sweep agent names the run it starts ($WANDB_RUN_ID); a resumed run keeps its saved id.
+    run_id = saved_wandb_run_id(workdir) or os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:12]
     wandb_writer = metric_writers.WandbWriter(config, workdir, run_id) if is_main else None  # starts in the background
     data = datasets.get(config, mesh)
     model = models.from_config(config.model, data.num_classes)
