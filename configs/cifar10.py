@@ -22,6 +22,12 @@ from ml_collections import config_dict
 
 from resnet_jax.config_args import parse_config_arg
 
+# What `python -m resnet_jax.sweep wandb configs/cifar10.py --method random|bayes` searches
+# (W&B parameter specs over top-level config fields; docs/wandb-sweeps.md).
+SEARCH_SPACE = {
+    "learning_rate": {"distribution": "log_uniform_values", "min": 0.02, "max": 0.5},
+    "weight_decay": {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-3},
+}
 ARG_DEFAULTS = dict(depth=20, residual=True, shortcut="", preact=False, bottleneck=False, width=0, dropout=0.0,
                     norm="batch", dataset="cifar10")
 NORM_SUFFIX = {"batch": "", "group": "-gn", "none": "-nobn"}

@@ -8,6 +8,7 @@ processes); everything it decides comes from here, so it can be tested without a
     python -m resnet_jax.sweep status runs/cifar10-degradation-quick/plain-56
     python -m resnet_jax.sweep plan configs/cifar10_degradation.py:quick --workdir /tmp/w -- --config.num_train_steps=100
     python -m resnet_jax.sweep sbatch --python .venv/bin/python -- configs/cifar10_degradation.py
+    python -m resnet_jax.sweep wandb configs/cifar10_degradation.py:quick --output sweep.yaml
 
 A config module that defines ``get_sweep(arg) -> list[str]`` is a sweep: each of its runs is
 ``CONFIG:ARG,run=NAME`` in ``WORKDIR/NAME``. Any other config is one run in ``WORKDIR`` itself.
@@ -29,6 +30,7 @@ from typing import Sequence
 
 from resnet_jax import cli
 from resnet_jax import run_dir
+from resnet_jax import wandb_sweep
 from resnet_jax.config_args import load_config_module
 
 
@@ -456,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--python", required=True, help="the python that runs resnet_jax on the cluster")
     p.add_argument("--sbatch-opt", action="append", default=[], help="one sbatch option (repeat)")
     p.add_argument("--parallel", type=int, default=None, help="at most N array elements at once")
+    p = sub.add_parser("wandb", help="a W&B Sweeps YAML whose agents run main (docs/wandb-sweeps.md)")
+    wandb_sweep.add_arguments(p)
     args = parser.parse_args(argv)
     try:
         if args.command == "list":
@@ -472,6 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan = make_plan(args.config, args.workdir, args.overrides)
             sys.stdout.write(sbatch_script(plan, args.python, args.overrides, args.sbatch_opt,
                                            parallel=args.parallel))
+        elif args.command == "wandb":
+            return wandb_sweep.write(args)
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
