@@ -8,7 +8,7 @@ processes); everything it decides comes from here, so it can be tested without a
     python -m resnet_jax.sweep status runs/cifar10-degradation-quick/plain-56
     python -m resnet_jax.sweep plan configs/cifar10_degradation.py:quick --workdir /tmp/w -- --config.num_train_steps=100
     python -m resnet_jax.sweep sbatch --python .venv/bin/python -- configs/cifar10_degradation.py
-    python -m resnet_jax.sweep wandb configs/cifar10_degradation.py:quick --output sweep.yaml
+    python -m resnet_jax.sweep wandb --output sweep.yaml configs/cifar10_degradation.py:quick
 
 A config module that defines ``get_sweep(arg) -> list[str]`` is a sweep: each of its runs is
 ``CONFIG:ARG,run=NAME`` in ``WORKDIR/NAME``. Any other config is one run in ``WORKDIR`` itself.

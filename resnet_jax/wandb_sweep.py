@@ -3,8 +3,8 @@
 Write the YAML (grid over a sweep config's runs, or a search space the config declares), create the
 sweep, start agents (``--forward-signals``: a preempted agent run gets SIGTERM, saves and resumes):
 
-    python -m resnet_jax.sweep wandb configs/cifar10_degradation.py:quick --output sweep.yaml
-    python -m resnet_jax.sweep wandb configs/cifar10.py:depth=20 --method random --output search.yaml
+    python -m resnet_jax.sweep wandb --output sweep.yaml configs/cifar10_degradation.py:quick
+    python -m resnet_jax.sweep wandb --method random --output search.yaml configs/cifar10.py:depth=20
 
 What an agent runs for one point (``${args}`` -> ``--run=plain-56``; you never type this):
 
