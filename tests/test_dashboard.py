@@ -83,6 +83,7 @@ def imagenet_run(tmp_path_factory):
     return logged(workdir)
 
 
+@pytest.mark.slow  # two real runs with diagnostics: ~150 s on 2 shared CPU cores (most of it XLA compiling)
 def test_every_name_the_dashboards_use_is_logged_by_real_runs(cifar_run, imagenet_run):
     runs = [cifar_run, imagenet_run]
     assert all(r["group"] == GROUP and r["run"] == {"job_type"} for r in runs)
