@@ -31,7 +31,7 @@ KINDS = {
 GROUP_BY = "job_type"                    # W&B run attribute = the net: the seeds of one net aggregate
 AGGREGATE = {"line": "mean", "band": "stddev"}
 FAMILIES = (("plain", "Plain nets"), ("residual", "Residual nets"))  # tags (metric_writers.wandb_tags)
-PER_LAYER = ("response_std", "grad_norm", "weight_norm", "grad_to_weight", "branch_ratio")  # lists in diagnostics.record
+PER_LAYER = ("response_std", "grad_norm", "weight_norm", "grad_to_weight", "branch_ratio")  # diagnostics.record
 COLUMNS = ("config:model.depth", "config:model.residual", "config:model.shortcut", "config:seed",
            "summary:final/test_error", "summary:best/test_error", "summary:final/train_error")
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",

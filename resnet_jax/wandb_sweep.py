@@ -8,7 +8,7 @@ sweep, start agents (``--forward-signals``: a preempted agent run gets SIGTERM, 
 
 What an agent runs for one point (``${args}`` -> ``--run=plain-56``; you never type this):
 
-    python -m resnet_jax.wandb_sweep --config=configs/cifar10_degradation.py:quick --workdir-root=runs/wandb --run=plain-56
+    python -m resnet_jax.wandb_sweep --config=configs/cifar10_degradation.py:quick --workdir-root=runs/w --run=plain-56
 
 Each agent argument ``--KEY=VALUE`` becomes ``--config.KEY=VALUE`` (``--run=NAME`` picks the sweep
 config's run, as launch.sh does); the run's workdir is WORKDIR_ROOT/RUN[/KEY=VALUE,...], a function
@@ -65,7 +65,8 @@ def check_parameters(config, parameters: Mapping[str, dict]) -> None:
             raise sweep.LaunchError(f"sweep parameter {key!r}: use top-level config fields only; W&B shows a dotted "
                               "parameter as a second column beside the nested config (wandb #982/#5477)")
         if key != "run" and key not in config:
-            raise sweep.LaunchError(f"sweep parameter {key!r} is not a config field; fields: {', '.join(sorted(config))}")
+            raise sweep.LaunchError(f"sweep parameter {key!r} is not a config field; "
+                                    f"fields: {', '.join(sorted(config))}")
 
 
 def sweep_name(spec: str, config) -> str:
@@ -128,7 +129,8 @@ def parse_agent_args(argv: Sequence[str]) -> tuple[str, str, list[str], dict[str
         else:
             params[key] = value
     if not spec or not root:
-        raise sweep.LaunchError("--config=CONFIG and --workdir-root=DIR are required (the sweep YAML's command has them)")
+        raise sweep.LaunchError("--config=CONFIG and --workdir-root=DIR are required "
+                                "(the sweep YAML's command has them)")
     return spec, root, overrides, params
 
 
