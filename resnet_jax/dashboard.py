@@ -195,7 +195,7 @@ def panel(p: dict):
 def _group_filter(group: str, tags: Sequence[str] = ()):
     import wandb_workspaces.expr as expr
 
-    return [expr.Metric("Group") == group] + ([expr.Tags().isin(list(tags))] if tags else [])
+    return expr.And(expr.Metric("Group") == group, *([expr.Tags().isin(list(tags))] if tags else []))
 
 
 def workspace(spec: dict):
@@ -223,7 +223,9 @@ def block(b: dict, spec: dict):
         return wr.MarkdownBlock(text=f"```{b['language']}\n" + "\n".join(b["lines"]) + "\n```")
     runset = wr.Runset(entity=spec["entity"], project=spec["project"], name=b["name"],
                        filters=_group_filter(spec["runs"]["filter_group"], b["tags"]), groupby=["JobType"])
-    return wr.PanelGrid(runsets=[runset], panels=[panel(p) for p in b["panels"]])
+    colours = {wr.RunsetGroup(runset_name=b["name"], keys=(wr.RunsetGroupKey(key=wr.Metric("JobType"), value=net),)):
+               colour for net, colour in spec["runs"]["colours"].items()}
+    return wr.PanelGrid(runsets=[runset], panels=[panel(p) for p in b["panels"]], custom_run_colors=colours)
 
 
 def report(spec: dict):

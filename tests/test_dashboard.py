@@ -78,8 +78,8 @@ def imagenet_run(tmp_path_factory):
              "--config.eval_resize=40", "--config.shuffle_buffer=16", "--config.log_every=5",
              "--config.num_classes=10", "--config.train_examples=40", "--config.num_epochs=1",
              "--config.checkpoint_every=5", "--config.diagnostics_every=5", f"--config.wandb.group={GROUP}",
-             "--config.wandb.job_type=resnet-18", config="configs/imagenet_degradation.py:run=resnet-18", devices=4,
-             env=env_with_devices(4, WANDB_MODE="offline"))
+             "--config.wandb.job_type=resnet-18", config="configs/imagenet_degradation.py:run=resnet-18", devices=1,
+             env=env_with_devices(1, WANDB_MODE="offline"))
     return logged(workdir)
 
 
@@ -124,6 +124,7 @@ def test_spec_per_kind_and_the_wandb_workspaces_objects(group, kind, nets):
     for grid in panel_grids:
         for p in grid.panels:
             p._to_model()
+        assert len(grid.custom_run_colors) == nets
 
 
 def test_dry_run_prints_the_spec_without_network(tmp_path):
