@@ -24,6 +24,8 @@ import shlex
 import sys
 from typing import Mapping, Sequence
 
+import yaml
+
 from resnet_jax import cli
 from resnet_jax import sweep  # (a module: sweep.py imports this one for its `wandb` subcommand)
 
@@ -43,12 +45,12 @@ def grid_parameters(spec: str) -> dict:
 
 
 def search_parameters(spec: str) -> dict:
-    """The config module's SEARCH_SPACE (W&B parameter specs), checked against its config."""
+    """The config module's SEARCH_SPACE: W&B parameter specs, e.g. ``{"learning_rate": {"values": [0.1, 0.05]}}``."""
     path, _ = sweep.split_spec(spec)
     space = getattr(sweep.load_module(path), "SEARCH_SPACE", None)
     if not space:
         raise sweep.LaunchError(f"{path} declares no SEARCH_SPACE (e.g. SEARCH_SPACE = {{'learning_rate': "
-                          "{'distribution': 'log_uniform_values', 'min': 0.01, 'max': 0.3}}); use --method grid")
+                                "{'distribution': 'log_uniform_values', 'min': 0.01, 'max': 0.3}}); use --method grid")
     return dict(space)
 
 
@@ -58,12 +60,16 @@ def first_config(spec: str, overrides: Sequence[str] = ()):
     return sweep.resolve_config(runs[0].config, overrides)
 
 
-def check_parameters(config, parameters: Mapping[str, dict]) -> None:
-    """Every parameter is ``run`` or a top-level field of the config (no dotted names)."""
+def check_parameters(config, parameters: Mapping[str, dict], overrides: Sequence[str] = ()) -> None:
+    """Every parameter is ``run`` or a top-level field of the config (no dotted names), and no
+    override fixes a field the sweep varies."""
+    fixed = {o.partition("=")[0].removeprefix("--config.") for o in overrides}
     for key in parameters:
+        if key in fixed:
+            raise sweep.LaunchError(f"--config.{key} is both a sweep parameter and an override; drop the override")
         if "." in key:
             raise sweep.LaunchError(f"sweep parameter {key!r}: use top-level config fields only; W&B shows a dotted "
-                              "parameter as a second column beside the nested config (wandb #982/#5477)")
+                                    "parameter as a second column beside the nested config (wandb #982/#5477)")
         if key != "run" and key not in config:
             raise sweep.LaunchError(f"sweep parameter {key!r} is not a config field; "
                                     f"fields: {', '.join(sorted(config))}")
@@ -76,7 +82,7 @@ def sweep_name(spec: str, config) -> str:
 
 
 def sweep_spec(spec: str, method: str = "grid", workdir_root: str | None = None,
-                 overrides: Sequence[str] = ()) -> dict:
+               overrides: Sequence[str] = ()) -> dict:
     """The sweep YAML as a dict: ``wandb sweep FILE`` reads it; its agents run ENTRY."""
     if method not in METHODS:
         raise sweep.LaunchError(f"--method {method!r}: use one of {', '.join(METHODS)}")
@@ -87,7 +93,7 @@ def sweep_spec(spec: str, method: str = "grid", workdir_root: str | None = None,
     if not parameters:
         raise sweep.LaunchError(f"{spec} is one run: a grid has nothing to sweep over; search its SEARCH_SPACE "
                                 "with --method random or bayes, or give a sweep config")
-    check_parameters(config, parameters)
+    check_parameters(config, parameters, overrides)
     name = sweep_name(spec, config)
     root = workdir_root or os.path.join("runs", "wandb", name)
     return {
@@ -104,8 +110,6 @@ def sweep_spec(spec: str, method: str = "grid", workdir_root: str | None = None,
 
 
 def to_yaml(config: Mapping) -> str:
-    import yaml
-
     return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=False)
 
 

@@ -68,6 +68,8 @@ def test_search_space_and_refusals(tmp_path):
                       + "\nSEARCH_SPACE = {'model.depth': {'values': [8, 14]}}\n")
     with pytest.raises(sweep.LaunchError, match="top-level config fields only"):
         wandb_sweep.sweep_spec(str(dotted), "random")
+    with pytest.raises(sweep.LaunchError, match="both a sweep parameter and an override"):
+        wandb_sweep.sweep_spec("configs/cifar10.py:depth=8", "random", overrides=["--config.learning_rate=0.1"])
     with pytest.raises(sweep.LaunchError, match="no field 'nope'"):
         wandb_sweep.sweep_spec("configs/cifar10_degradation.py:quick", overrides=["--config.nope=1"])
     # The workdir is a function of the parameters alone, in any order.
