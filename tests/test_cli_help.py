@@ -12,8 +12,8 @@ from resnet_jax import cli, config_args
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(str(p.relative_to(REPO)) for p in (REPO / "experiments").glob("*.py"))
 MODULES = ["resnet_jax.main", "resnet_jax.evaluate", "resnet_jax.sweep", "resnet_jax.models", "resnet_jax.local_cluster",
-           "resnet_jax.pretrained", "resnet_jax.dashboard", "resnet_jax.wandb_sweep"] + sorted(f"benchmarks.{p.stem}" for p in (REPO / "benchmarks").glob("*.py")
-                                             if p.stem != "__init__")
+           "resnet_jax.pretrained", "resnet_jax.dashboard", "resnet_jax.wandb_sweep"] \
+    + sorted(f"benchmarks.{p.stem}" for p in (REPO / "benchmarks").glob("*.py") if p.stem != "__init__")
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
 
 

@@ -15,7 +15,8 @@ import sys
 import pytest
 
 from benchmarks import jpeg_dataset
-from helpers import REPO, TINY, env_with_devices, read_jsonl, read_wandb_offline_run, read_wandb_records, run_main
+from helpers import (REPO, TINY, env_with_devices, read_jsonl, read_wandb_offline_run, read_wandb_run_record,
+                     run_main)
 from resnet_jax import dashboard
 
 GROUP = "dashboard-test"
@@ -41,11 +42,11 @@ def logged(workdir):
     """What one finished offline run wrote: W&B history/summary/config/tags/run attributes, and metrics.jsonl."""
     run_file, = glob.glob(str(workdir / "wandb" / "offline-run-*" / "run-*.wandb"))
     history, config, summary = read_wandb_offline_run(run_file)
-    run = next(r.run for r in read_wandb_records(run_file) if r.WhichOneof("record_type") == "run")
+    run = read_wandb_run_record(run_file)
     return {"history": media_keys({k for row in history for k in row}), "summary": set(summary),
             "config": flat_paths({k: v for k, v in config.items() if not k.startswith("_")}),
-            "tags": set(run.tags), "run": {"job_type"} if run.job_type else set(),
-            "jsonl": {k for r in read_jsonl(workdir / "metrics.jsonl") for k in r}, "group": run.run_group}
+            "tags": set(run["tags"]), "run": {"job_type"} if run["job_type"] else set(),
+            "jsonl": {k for r in read_jsonl(workdir / "metrics.jsonl") for k in r}, "group": run["group"]}
 
 
 def missing(spec, runs):
