@@ -29,6 +29,7 @@ KINDS = {
               "title": "CIFAR-10 width against depth"},
 }
 GROUP_BY = "job_type"                    # W&B run attribute = the net: the seeds of one net aggregate
+RUN_ATTRIBUTE = {"job_type": "JobType"}  # its name in wandb-workspaces
 AGGREGATE = {"line": "mean", "band": "stddev"}
 FAMILIES = (("plain", "Plain nets"), ("residual", "Residual nets"))  # tags (metric_writers.wandb_tags)
 PER_LAYER = ("response_std", "grad_norm", "weight_norm", "grad_to_weight", "branch_ratio")  # diagnostics.record
@@ -186,9 +187,10 @@ def panel(p: dict):
 
     if p["type"] == "bar":
         return wr.BarPlot(title=p["title"], metrics=[wr.SummaryMetric(k) for k in p["summary"]], orientation="v",
-                          groupby_aggfunc=AGGREGATE["line"], groupby_rangefunc=AGGREGATE["band"])
+                          groupby=RUN_ATTRIBUTE[GROUP_BY], groupby_aggfunc=AGGREGATE["line"],
+                          groupby_rangefunc=AGGREGATE["band"])
     return wr.LinePlot(title=p["title"], x=p["x"], y=list(p["y"]), metric_regex=p.get("regex"),
-                       log_y=p["log_y"] or None, groupby_aggfunc=AGGREGATE["line"],
+                       log_y=p["log_y"] or None, groupby=RUN_ATTRIBUTE[GROUP_BY], groupby_aggfunc=AGGREGATE["line"],
                        groupby_rangefunc=AGGREGATE["band"])
 
 
@@ -210,7 +212,7 @@ def workspace(spec: dict):
                   for s in spec["workspace"]["sections"]],
         settings=ws.WorkspaceSettings(x_axis="Step", max_runs=100),
         runset_settings=ws.RunsetSettings(filters=_group_filter(runs["filter_group"]),
-                                          groupby=[expr.Metric("JobType")], group_colors=dict(runs["colours"]),
+                                          groupby=[expr.Metric(RUN_ATTRIBUTE[GROUP_BY])], group_colors=dict(runs["colours"]),
                                           pinned_columns=[_column(c) for c in runs["columns"]]))
 
 
@@ -221,9 +223,10 @@ def block(b: dict, spec: dict):
         return wr.MarkdownBlock(text=b["text"])
     if b["type"] == "code":  # (CodeBlock has no bash highlighting; a fenced markdown block has)
         return wr.MarkdownBlock(text=f"```{b['language']}\n" + "\n".join(b["lines"]) + "\n```")
+    attribute = RUN_ATTRIBUTE[GROUP_BY]
     runset = wr.Runset(entity=spec["entity"], project=spec["project"], name=b["name"],
-                       filters=_group_filter(spec["runs"]["filter_group"], b["tags"]), groupby=["JobType"])
-    colours = {wr.RunsetGroup(runset_name=b["name"], keys=(wr.RunsetGroupKey(key=wr.Metric("JobType"), value=net),)):
+                       filters=_group_filter(spec["runs"]["filter_group"], b["tags"]), groupby=[attribute])
+    colours = {wr.RunsetGroup(runset_name=b["name"], keys=(wr.RunsetGroupKey(key=wr.Metric(attribute), value=net),)):
                colour for net, colour in spec["runs"]["colours"].items()}
     return wr.PanelGrid(runsets=[runset], panels=[panel(p) for p in b["panels"]], custom_run_colors=colours)
 
