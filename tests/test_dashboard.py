@@ -119,6 +119,8 @@ def test_spec_per_kind_and_the_wandb_workspaces_objects(group, kind, nets):
     model = view._to_model()
     assert [s.name for s in view.sections] == [s["name"] for s in spec["workspace"]["sections"]]
     assert model.spec.section.run_sets[0].grouping[0].name == "jobType"
+    panels = [p for s in model.spec.section.panel_bank_config.sections for p in s.panels]
+    assert {(p.config.group_by, p.config.group_agg, p.config.group_area) for p in panels} == {("jobType", "mean", "stddev")}
     report = dashboard.report(spec)
     panel_grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
     assert len(panel_grids) == len(grids)
