@@ -120,7 +120,7 @@ def report_blocks(kind: str, entity: str, project: str, group: str) -> list[dict
     error = sections(figure)[0]["panels"]
     blocks = [{"type": "markdown", "text": f"Runs of W&B group `{group}`, one line per net ({GROUP_BY}): the mean "
                f"over its seeds with a {AGGREGATE['band']} band. As in the paper's {figure}, plain nets "
-               "on one side, residual nets on the other, coloured by depth."}]
+               "in one grid and residual nets in the next, coloured by depth."}]
     blocks += [{"type": "panels", "name": name, "tags": [tag], "panels": error} for tag, name in FAMILIES]
     blocks += [{"type": "panels", "name": "Final error", "tags": [], "panels": [final_errors()]}]
     blocks += [{"type": "panels", "name": s["name"], "tags": [], "panels": s["panels"]} for s in sections(figure)[1:]]
@@ -129,6 +129,7 @@ def report_blocks(kind: str, entity: str, project: str, group: str) -> list[dict
 
 
 def infer_kind(group: str) -> str:
+    """The sweep a group's name comes from (the sweeps' SWEEP_NAMEs: imagenet-..., cifar10-width, cifar10-...)."""
     if group.startswith("imagenet"):
         return "imagenet"
     return "width" if "width" in group else "cifar"
