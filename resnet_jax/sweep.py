@@ -6,7 +6,7 @@ processes); everything it decides comes from here, so it can be tested without a
 
     python -m resnet_jax.sweep list configs/cifar10_degradation.py:quick
     python -m resnet_jax.sweep status runs/cifar10-degradation-quick/plain-56
-    python -m resnet_jax.sweep plan configs/cifar10_degradation.py:quick --workdir /tmp/w -- --config.num_train_steps=100
+    python -m resnet_jax.sweep plan --workdir /tmp/w configs/cifar10_degradation.py:quick -- --config.num_train_steps=100
     python -m resnet_jax.sweep sbatch --python .venv/bin/python -- configs/cifar10_degradation.py
     python -m resnet_jax.sweep wandb --output sweep.yaml configs/cifar10_degradation.py:quick
 
