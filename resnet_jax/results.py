@@ -22,6 +22,9 @@ from resnet_jax.config_args import split_seed
 from resnet_jax.metric_writers import has_wandb_api_key
 
 NORM_SUFFIX = {"batch": "", "group": "-gn", "none": "-nobn"}  # as the configs name runs
+# (preact, bottleneck) -> the block those flags pick (models.block_name), which Run.kind already says
+FLAG_BLOCKS = {(False, False): "basic", (False, True): "bottleneck", (True, False): "preact",
+               (True, True): "preact_bottleneck"}
 
 
 @dataclasses.dataclass
@@ -58,9 +61,10 @@ class Run:
 
     @property
     def net(self) -> str:
-        """What was trained, e.g. plain-56, wrn-16-8, plain-20-nobn (may differ from `name` when a
-        field was overridden)."""
+        """What was trained, e.g. plain-56, wrn-16-8, plain-20-nobn, resnet-20-NEWBLOCK (may differ from
+        `name` when a field was overridden)."""
         net = f"{self.kind}-{self.depth if self.depth is not None else '?'}" + (f"-{self.width}" if self.width else "")
+        net += f"-{self.block}" if self.block else ""
         return net + NORM_SUFFIX.get(self.model.get("norm") or "batch", "-" + str(self.model.get("norm")))
 
     @property
@@ -72,7 +76,8 @@ class Run:
     def is_paper_net(self) -> bool:
         """One of the paper's plain/ResNet nets (its blocks, batch norm), which its numbers are for."""
         m = self.model
-        return (self.kind in ("plain", "resnet") and not m.get("block") and (m.get("norm") or "batch") == "batch"
+        own_block = m.get("block") in (None, "basic") and not (m.get("bottleneck") and not self.is_imagenet)
+        return (self.kind in ("plain", "resnet") and own_block and (m.get("norm") or "batch") == "batch"
                 and m.get("family", "cifar") in ("cifar", "imagenet"))
 
     @property
@@ -85,6 +90,14 @@ class Run:
     def diverged(self) -> dict | None:
         """{step, last_good_checkpoint} where the run stopped on a non-finite loss (run_dir.mark_diverged)."""
         return (self.config.get("runtime") or {}).get("diverged")
+
+    @property
+    def block(self) -> str:
+        """A block type named in the config (model.block) that the kind does not already say ('' if none):
+        e.g. a block registered in models.BLOCKS after these runs' families."""
+        block = self.model.get("block")
+        implied = "wide" if self.width else FLAG_BLOCKS[(bool(self.preact), bool(self.model.get("bottleneck")))]
+        return "" if not block or block == implied else str(block)
 
     @property
     def size(self) -> int | tuple | None:
