@@ -3,7 +3,7 @@
     python experiments/vanishing_gradients.py --data_dir ../shared/data/tfds --out runs/vanishing_gradients
     python experiments/vanishing_gradients.py --depths 20 --steps 50 --nobn_lrs 0.01 --out runs/vg-small
 
-Trains plain-D and ResNet-D (D in --depths) with batch norm at --lr and without normalisation
+Trains plain-D and ResNet-D (D in --depths; --kinds) with batch norm at --lr and without normalisation
 (norm=none) at each of --nobn_lrs, every run through the training loop (resnet_jax.train), with
 the diagnostics (resnet_jax.diagnostics) taken at step 0 and at the last step; runs live in
 OUT/runs/NAME and a re-run resumes or skips them. Writes OUT/vanishing_gradients.{md,json,png,pdf}:
@@ -169,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/vanishing_gradients", help="output directory (runs in OUT/runs)")
     parser.add_argument("--data_dir", default=None, help="TFDS data directory holding cifar10 (default: TFDS's)")
     parser.add_argument("--depths", default="20,56", help="comma-separated CIFAR depths (6n+2)")
+    parser.add_argument("--kinds", default="plain,resnet", help="comma-separated: plain, resnet or both")
     parser.add_argument("--steps", type=int, default=100, help="training iterations of each run")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1, help="learning rate of the BN nets (the paper's)")
@@ -179,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         depths = [int(d) for d in args.depths.split(",") if d]
         nobn_lrs = [float(x) for x in args.nobn_lrs.split(",") if x]
+        kinds = [k for k in args.kinds.split(",") if k]
+        if not kinds or set(kinds) - {"plain", "resnet"}:
+            raise ValueError(f"--kinds={args.kinds}: give plain, resnet or plain,resnet")
         if args.steps < 1:
             raise ValueError(f"--steps={args.steps}: give at least 1 training iteration")
     except ValueError as e:
@@ -187,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for norm, lr in settings(args.lr, nobn_lrs):
         suffix = f"-lr{lr:g}" if norm != "batch" and len(nobn_lrs) > 1 else ""
-        for residual in (False, True):
+        for residual in [kind == "resnet" for kind in kinds]:
             for depth in depths:
                 try:
                     config = run_config(depth, residual, norm, lr, args, suffix)

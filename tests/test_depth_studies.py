@@ -127,12 +127,12 @@ def test_vanishing_gradients_experiment(tfds_data_dir, tmp_path):
     out = tmp_path / "vg"
     proc = subprocess.run([sys.executable, str(REPO / "experiments" / "vanishing_gradients.py"), "--out", str(out),
                            "--data_dir", tfds_data_dir, "--depths", "8", "--steps", "2", "--batch_size", "16",
-                           "--diagnostics_batch", "16", "--nobn_lrs", "0.1"],
+                           "--diagnostics_batch", "16", "--nobn_lrs", "0.1", "--kinds", "plain"],
                           cwd=REPO, env=env_with_devices(8), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "vanishing_gradients.json").read_text())
     rows = {r["name"]: r for r in result["runs"]}
-    assert list(rows) == ["plain-8", "resnet-8", "plain-8-nobn", "resnet-8-nobn"]
+    assert list(rows) == ["plain-8", "plain-8-nobn"]
     for r in rows.values():
         assert r["steps"] == 2 and r["stopped"] == "" and r["data"] == "5085/1017"
         for when in ("init", "trained"):
@@ -144,7 +144,5 @@ def test_vanishing_gradients_experiment(tfds_data_dir, tmp_path):
     logged = read_jsonl(out / "runs" / "plain-8-nobn" / "metrics.jsonl")
     assert logged[0]["step"] == 0 and logged[0]["diagnostics/grad_norm"][:-1] == rows["plain-8-nobn"]["init"]["grad_norm"]
     table = (out / "vanishing_gradients.md").read_text()
-    assert sum(l.startswith("| ") for l in table.splitlines()) == 1 + 4 and "| plain-8-nobn | none | 0.1 |" in table
+    assert sum(l.startswith("| ") for l in table.splitlines()) == 1 + 2 and "| plain-8-nobn | none | 0.1 |" in table
     assert (out / "vanishing_gradients.png").stat().st_size > 10_000
-    rerun = subprocess.run(proc.args, cwd=REPO, env=env_with_devices(8), capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0 and rerun.stdout.count("already finished") == 4  # a re-run only redraws
