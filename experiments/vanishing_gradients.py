@@ -78,13 +78,16 @@ def diagnostics_at(records: Sequence[dict], step: int) -> dict | None:
 
 
 def conv_only(values: list, names: list | None) -> list:
-    """The conv layers' entries (the classifier, 'fc', left out)."""
+    """The conv layers' entries (the classifier, 'fc', left out); a non-finite value (metrics.jsonl
+    writes NaN as "nan") becomes None."""
     keep = [n != "fc" for n in names] if names and len(names) == len(values) else [True] * (len(values) - 1) + [False]
-    return [v for v, k in zip(values, keep) if k]
+    return [float(v) if np.isfinite(float(v)) else None for v, k in zip(values, keep) if k]
 
 
 def first_over_last(values: list | None) -> float | None:
-    return None if not values else float(values[0] / max(values[-1], 1e-30))
+    if not values or values[0] is None or values[-1] is None:
+        return None
+    return float(values[0] / max(values[-1], 1e-30))
 
 
 def summarise(workdir: str, norm: str, lr: float, steps: int, stopped: str) -> dict:
@@ -106,6 +109,8 @@ def summarise(workdir: str, norm: str, lr: float, steps: int, stopped: str) -> d
 def note(row: dict) -> str:
     if row["stopped"]:
         return row["stopped"]
+    if any(g is None for g in row["trained"]["grad_norm"] or []):
+        return "gradients not finite"
     err = row["train_error"]
     return "at chance" if err is not None and err >= CHANCE_ERROR else ""
 
@@ -146,7 +151,7 @@ def figure(rows: Sequence[dict]):
             ax = axes[i][j]
             for r in (r for r in rows if (r["norm"], r["lr"]) == (norm, lr)):
                 grad = r[label]["grad_norm"]
-                if grad:
+                if grad and None not in grad:
                     style = dict(RESIDUAL_STYLE if r["residual"] else PLAIN_STYLE, color=colors[r["depth"]])
                     (line,) = ax.plot(np.arange(1, len(grad) + 1), grad, label=r["net"].replace("resnet", "ResNet"),
                                       **style)
