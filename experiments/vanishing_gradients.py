@@ -101,8 +101,13 @@ def summarise(workdir: str, norm: str, lr: float, steps: int, stopped: str) -> d
         d = diagnostics_at(records, step) or {}
         grad = conv_only(d["grad_norm"], grad_names) if d else None
         ratio = conv_only(d["grad_to_weight"], grad_names) if d else None
-        out[label] = dict(grad_norm=grad, grad_to_weight=ratio, grad_first_over_last=first_over_last(grad),
-                          grad_to_weight_first_over_last=first_over_last(ratio))
+        weight = conv_only(d["weight_norm"], grad_names) if d else None
+        # ||dL/dW|| * ||W||: unchanged when a conv in front of BN has its weights rescaled
+        scaled = [g * w if g is not None and w is not None else None for g, w in zip(grad, weight)] if d else None
+        out[label] = dict(grad_norm=grad, grad_to_weight=ratio, weight_norm=weight,
+                          grad_first_over_last=first_over_last(grad),
+                          grad_to_weight_first_over_last=first_over_last(ratio),
+                          grad_times_weight_first_over_last=first_over_last(scaled))
     return out
 
 
@@ -124,19 +129,23 @@ def _num(x: float | None, pct: bool = False) -> str:
 def markdown(rows: Sequence[dict]) -> str:
     steps = rows[0]["steps"] if rows else "?"
     head = ["net", "norm", "lr", "init: first/last", f"{steps} its: first/last",
-            "init: g/w first/last", f"{steps} its: g/w first/last", "train err %", "test err %", "note"]
+            "init: g/w first/last", f"{steps} its: g/w first/last", f"{steps} its: g·w first/last", "train err %",
+            "test err %", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         i, t = r["init"], r["trained"]
         cells = [r["net"], r["norm"], f"{r['lr']:g}", _num(i["grad_first_over_last"]),
                  _num(t["grad_first_over_last"]), _num(i["grad_to_weight_first_over_last"]),
-                 _num(t["grad_to_weight_first_over_last"]), _num(r["train_error"], True),
+                 _num(t["grad_to_weight_first_over_last"]), _num(t["grad_times_weight_first_over_last"]),
+                 _num(r["train_error"], True),
                  _num(r["test_error"], True), note(r)]
         lines.append("| " + " | ".join(cells) + " |")
     hardware = ", ".join(sorted({r["hardware"] for r in rows}))
     data = ", ".join(sorted({r["data"] for r in rows}))
     lines += ["", "first/last: ||dL/dW|| of the first conv layer (the stem) over that of the last conv layer; "
-              "g/w: the same for ||dL/dW|| / ||W||. Train err: mean over the last logging interval; "
+              "g/w: the same for ||dL/dW|| / ||W||; g·w: for ||dL/dW|| * ||W||, which rescaling the weights of a conv "
+              "followed by BN leaves unchanged (BN makes such a conv scale-invariant). "
+              "Train err: mean over the last logging interval; "
               f"test err: the whole test split at the end. Hardware: {hardware}; data (train/test): {data}."]
     return "\n".join(lines) + "\n"
 

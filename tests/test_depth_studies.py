@@ -94,7 +94,8 @@ def test_paper_numbers_only_beside_the_paper_nets():
     assert report.paper_numbers(run(depth=20, bottleneck=True)) == ("-", "-")
     assert report.paper_numbers(run(depth=56, norm="group")) == ("-", "-")
     assert report.paper_numbers(run(depth=20, family="wrn", widen_factor=4)) == ("-", "-")
-    assert run(depth=56, block=NEW_BLOCK).net == f"resnet-56-{NEW_BLOCK}" and run(depth=56, block="basic").net == "resnet-56"
+    assert run(depth=56, block=NEW_BLOCK).net == f"resnet-56-{NEW_BLOCK}"
+    assert run(depth=56, block="basic").net == "resnet-56"
 
 
 def documented_diff() -> str:
@@ -142,7 +143,8 @@ def test_vanishing_gradients_experiment(tfds_data_dir, tmp_path):
         assert r["init"]["grad_norm"] != r["trained"]["grad_norm"]
     # the runs are real runs: their metrics.jsonl holds what the table says
     logged = read_jsonl(out / "runs" / "plain-8-nobn" / "metrics.jsonl")
-    assert logged[0]["step"] == 0 and logged[0]["diagnostics/grad_norm"][:-1] == rows["plain-8-nobn"]["init"]["grad_norm"]
+    assert logged[0]["step"] == 0
+    assert logged[0]["diagnostics/grad_norm"][:-1] == rows["plain-8-nobn"]["init"]["grad_norm"]
     table = (out / "vanishing_gradients.md").read_text()
     assert sum(l.startswith("| ") for l in table.splitlines()) == 1 + 2 and "| plain-8-nobn | none | 0.1 |" in table
     assert (out / "vanishing_gradients.png").stat().st_size > 10_000
