@@ -61,12 +61,19 @@ def run_config(depth: int, residual: bool, norm: str, lr: float, args, suffix: s
 
 
 def train_run(config, workdir: str) -> str:
-    """Trains (or resumes, or skips a finished) run; '' or the reason it stopped early."""
-    try:
-        train.train_and_evaluate(config, workdir)
-    except train.TrainingDiverged as e:
-        return f"diverged ({str(e).split(': ', 2)[1].split(';')[0]})"
-    return ""
+    """Trains (or resumes, or skips a finished or diverged) run; '' or why it stopped early."""
+    if diverged_at(workdir) is None:
+        try:
+            train.train_and_evaluate(config, workdir)
+        except train.TrainingDiverged:
+            pass  # config.json says where (run_dir.mark_diverged)
+    step = diverged_at(workdir)
+    return "" if step is None else f"diverged (weights not finite at step {step})"
+
+
+def diverged_at(workdir: str) -> int | None:
+    """The step at which the run in `workdir` diverged, if it did."""
+    return (run_dir.saved_runtime(workdir).get("diverged") or {}).get("step") if os.path.isdir(workdir) else None
 
 
 def diagnostics_at(records: Sequence[dict], step: int) -> dict | None:
