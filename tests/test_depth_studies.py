@@ -4,7 +4,6 @@ plot_degradation.py, report.py and plot_gradient_flow.py; the block type of docs
 (its diff applied to a copy of the package) trains through main; the vanishing-gradient experiment runs."""
 import json
 import math
-import pathlib
 import re
 import shutil
 import subprocess
