@@ -173,7 +173,8 @@ def over_seeds(runs: Sequence[Run]) -> str:
         text += ["## Comparisons (Fig. 6 claims)", "", comparisons_table(comparisons),
                  "difference: mean of the first net minus the second, in percentage points of error; CI: "
                  f"{int(100 * seed_stats.CONFIDENCE)}% for that difference (paired t over seeds that share a data "
-                 "order, else Welch); holds: the whole interval is on the claimed side of 0.", ""]
+                 "order, else Welch); holds: the whole interval is on the claimed side of 0 (so a one-sided p "
+                 "below 0.025).", ""]
     return "\n".join(text)
 
 

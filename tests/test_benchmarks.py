@@ -151,6 +151,7 @@ def test_input_pipeline_benchmark_reports_images_per_second(tmp_path, mode):
     assert row["mean_megapixels"] > 0.15 and row["mean_jpeg_kb"] > 1  # ImageNet-size images
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_throughput_of_an_imagenet_net_runs_the_streamed_step():
     proc = run_script("throughput", "--model=resnet18", "--batch_size=8", "--steps=1", "--warmup=0",
                       "--devices=2", "--json")

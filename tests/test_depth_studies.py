@@ -43,6 +43,7 @@ def sweep(data_flag, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 @pytest.mark.parametrize("name", NETS)
 def test_trains_and_resumes_bit_identically(sweep, data_flag, tmp_path, name):
     config = NETS[name][0]

@@ -96,6 +96,7 @@ def loss_by_hand(model, params, batch_stats, x, labels):
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_gradient_norms_match_jax_grad_unrolled_and_scanned():
     x, labels = images(), jnp.array([0, 3, 5, 9])
     # depth 14, scanned: blocks 2 of each stage are stacked; the lists come out per block

@@ -52,6 +52,7 @@ def copy_of(run, tmp_path):
 # ----------------------------------------------------------------------------- data lost or corrupted
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_1_a_second_process_on_a_workdir_in_use_is_refused_and_a_dead_holders_lock_is_taken_over(
         tfds_data_dir, tmp_path):
     workdir = tmp_path / "run"
@@ -100,6 +101,7 @@ def test_1_locks_of_other_hosts_are_stale_only_when_their_heartbeat_stopped(tmp_
     assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_2_divergence_never_saves_a_non_finite_state_and_names_a_finite_checkpoint(tfds_data_dir, tmp_path):
     # Sane for 6 steps, then lr 1e6: the weights blow up between checkpoints (every 3 steps, logs every 5).
     config = tiny(tfds_data_dir, num_train_steps=40, checkpoint_every=3, lr_boundaries=(6,), lr_decay=1e7)
@@ -148,6 +150,7 @@ def test_4_a_torn_record_at_the_resume_step_is_rebuilt_and_the_drop_is_reported(
 # ----------------------------------------------------------------------------- silently wrong results
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_5_changing_log_every_on_resume_starts_a_fresh_interval(finished_20, tfds_data_dir, tmp_path, capsys):
     workdir = copy_of(finished_20, tmp_path)
     train_in_process(workdir, tiny(tfds_data_dir, num_train_steps=28, log_every=7))
@@ -244,6 +247,7 @@ def test_10_a_read_only_workdir(tfds_data_dir, tmpfs):
         train_in_process(tmpfs / "run", tiny(tfds_data_dir))
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_13_a_full_disk_during_a_save_is_one_line_and_the_run_resumes(tfds_data_dir, tmpfs):
     proc = run_main(tmpfs / "run", f"--config.data_dir={tfds_data_dir}", *TINY, "--config.num_train_steps=60",
                     "--config.checkpoint_every=5", "--config.keep_checkpoints=100", check=False)
@@ -349,6 +353,7 @@ def test_15_sigterm_before_training_starts_says_so(tfds_data_dir, tmp_path):
     assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_15_wandb_online_without_network_falls_back_to_offline_at_once(tfds_data_dir, tmp_path):
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))

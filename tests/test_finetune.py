@@ -94,6 +94,7 @@ def test_finetune_on_100_classes_loads_the_backbone_and_a_new_head(source_run, t
     assert runtime["init_from"]["step"] == 10 and runtime["init_from"]["reinitialized"] == ["fc/bias", "fc/kernel"]
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_full_finetune_moves_the_backbone_at_its_own_rate(source_run, tmp_path, cifar100_shaped):
     src, _ = restored_params(source_run)
     config = finetune_config(source_run, tmp_path, backbone_learning_rate=0.01, num_train_steps=2)
@@ -215,6 +216,7 @@ def imagenet_main(workdir, jpeg_dir, weights, *extra):
                     config="configs/imagenet.py:depth=18,shortcut=B", devices=2)
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_finetune_from_imported_weights_through_main_resumes_exactly(resnet18_weights, jpeg_dir, tmp_path):
     """A linear probe on 10 classes from torchvision-layout weights: the backbone loads bit-identically,
     fc is new, config.json records the weights; stopped at step 2 and resumed, it logs the same metrics."""

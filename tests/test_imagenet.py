@@ -239,6 +239,7 @@ def imagenet_config(**overrides):
     return c
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_imagenet2012_mock_batches_and_training():
     """imagenet2012 under tfds.testing.mock_data: batch shapes and values, then real train steps and
     an exact evaluation of a small ImageNet net on them.
@@ -350,6 +351,7 @@ def fig4_sweep(jpeg_dir, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_main_streams_and_resumes_exactly(fig4_sweep, jpeg_dir, tmp_path):
     """A run stopped at step 6 and resumed equals the run never stopped (data order from (seed, step))."""
     part = tmp_path / "part"
@@ -368,6 +370,7 @@ def test_main_streams_and_resumes_exactly(fig4_sweep, jpeg_dir, tmp_path):
     assert saved["model"]["shortcut"] == "A" and saved["runtime"]["steps_per_epoch"] == 5
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_fig4_and_report_from_the_sweep(fig4_sweep):
     import matplotlib
 
@@ -429,6 +432,7 @@ def test_report_knows_the_paper_imagenet_numbers():
     assert report.paper_numbers(plain) == ("-", "28.54")
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_two_hosts_stream_their_own_shards_and_evaluate_exactly(jpeg_dir, tmp_path):
     """2 processes x 2 devices (resnet_jax.local_cluster): each host reads its half of the data and the
     global batch is assembled from both; the validation error equals a one-process evaluation of
@@ -460,6 +464,7 @@ def test_two_hosts_stream_their_own_shards_and_evaluate_exactly(jpeg_dir, tmp_pa
     assert "resuming on 1 hosts, saved on 2" in out and "resuming from step 5" in out
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_fig7_layer_responses_of_a_streamed_run(fig4_sweep, jpeg_dir):
     from experiments import plot_layer_responses
 

@@ -453,6 +453,7 @@ def _metrics(directory):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_relaunch_skips_finished_and_resumes_unfinished(tmp_path, tfds_data_dir):
     config = tmp_path / "tiny_sweep.py"
     config.write_text(TINY_SWEEP.format(cifar10=str(REPO / "configs" / "cifar10.py")))

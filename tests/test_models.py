@@ -622,6 +622,7 @@ def layer_mean_squares(model, variables, x):
     return np.asarray(out, np.float64)
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 @pytest.mark.parametrize("depth", [20, 56])
 def test_norm_none_init_keeps_the_scale_across_depth(depth):
     """He init without BN: each layer keeps the mean square of its input in expectation (gain 1 within

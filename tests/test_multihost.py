@@ -49,6 +49,7 @@ def assert_close(records, reference):
         assert mine["test/error"] == pytest.approx(ref["test/error"], abs=0.02)
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_two_hosts_match_one_host_write_once_and_resume_on_one(tfds_data_dir, tmp_path, reference):
     run_cluster(tmp_path, tfds_data_dir, 5, WANDB_MODE="offline")
     assert json.loads((tmp_path / "config.json").read_text())["runtime"]["processes"] == 2
@@ -59,6 +60,7 @@ def test_two_hosts_match_one_host_write_once_and_resume_on_one(tfds_data_dir, tm
     assert_close(read_jsonl(tmp_path / "metrics.jsonl"), reference)
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_save_on_one_host_resume_on_two(tfds_data_dir, tmp_path, reference):
     run_single(tmp_path, tfds_data_dir, 5)
     resumed = run_cluster(tmp_path, tfds_data_dir, 10)
@@ -66,6 +68,7 @@ def test_save_on_one_host_resume_on_two(tfds_data_dir, tmp_path, reference):
     assert_close(read_jsonl(tmp_path / "metrics.jsonl"), reference)
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_a_dead_host_stops_the_other_and_relaunch_resumes(tfds_data_dir, tmp_path):
     heartbeat = 5
     launcher = subprocess.Popen(cluster_command(tmp_path, tfds_data_dir, 2000, heartbeat_s=heartbeat), cwd=REPO,

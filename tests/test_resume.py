@@ -68,6 +68,7 @@ def test_sigterm_saves_and_resume_is_bit_identical(uninterrupted, data_flag, tmp
     assert meta["train_time_s"] > 0
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_sigkill_during_saves_resumes_from_newest_complete_checkpoint(uninterrupted, data_flag, tmp_path):
     """Saving every step, a SIGKILL almost surely lands inside a save; orbax's rename-on-commit keeps it safe."""
     def three_saved(workdir):
@@ -98,6 +99,7 @@ def test_save_on_8_devices_resume_on_2(uninterrupted, data_flag, tmp_path):
         assert mine["train/loss"] == pytest.approx(ref["train/loss"], rel=2e-3, abs=2e-3)
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_changed_model_field_is_refused_and_nan_stops_keeping_the_checkpoint(data_flag, tmp_path):
     run_main(tmp_path, data_flag, *RUN[:-1], "--config.num_train_steps=10")
     before = (tmp_path / "metrics.jsonl").read_text()
@@ -116,6 +118,7 @@ def test_changed_model_field_is_refused_and_nan_stops_keeping_the_checkpoint(dat
     assert len(aside) == 1 and (aside[0] / "metrics.jsonl").read_text() == before  # set aside, not lost
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_wandb_offline_run_holds_metrics_and_config(data_flag, tmp_path):
     env = env_with_devices(8, WANDB_MODE="offline")
     proc = subprocess.run(main_command(tmp_path, data_flag, *RUN[:-1], "--config.num_train_steps=20",

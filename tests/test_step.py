@@ -60,6 +60,7 @@ def test_sharded_step_equals_single_device_step():
     np.testing.assert_allclose(one.sums["loss"], eight.sums["loss"], rtol=1e-5)
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_bn_group_statistics_change_the_step():
     """Statistics over groups of 4 (like the paper's 64 per GPU) are not the global ones."""
     grouped = run_steps(small_config(**{"model.bn_group_size": 4}), jax.devices(), steps=1)
@@ -89,6 +90,7 @@ def test_warmup_is_on_for_110_layers_and_scales_the_update():
     assert not bool(step_fn(nearly, data.train).warmup)
 
 
+@pytest.mark.slow  # long end-to-end: `pytest -m slow` (docs/testing.md)
 def test_metric_sums_restart_at_each_log_boundary():
     state = run_steps(small_config(log_every=2), jax.devices(), steps=3)
     assert float(state.sums["count"]) == 1.0  # step index 2 started a new interval
