@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 import yaml
 
 from resnet_jax import cli
-from resnet_jax import sweep  # (a module: sweep.py imports this one for its `wandb` subcommand)
+from resnet_jax import sweep_configs
 
 ENTRY = "resnet_jax.wandb_sweep"
 METHODS = ("grid", "random", "bayes")
@@ -40,24 +40,24 @@ _SAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 
 def grid_parameters(spec: str) -> dict:
     """``run`` over a sweep config's runs (nothing for a one-run config)."""
-    runs, is_sweep = sweep.list_runs(spec)
+    runs, is_sweep = sweep_configs.list_runs(spec)
     return {"run": {"values": [r.name for r in runs]}} if is_sweep else {}
 
 
 def search_parameters(spec: str) -> dict:
     """The config module's SEARCH_SPACE: W&B parameter specs, e.g. ``{"learning_rate": {"values": [0.1, 0.05]}}``."""
-    path, _ = sweep.split_spec(spec)
-    space = getattr(sweep.load_module(path), "SEARCH_SPACE", None)
+    path, _ = sweep_configs.split_spec(spec)
+    space = getattr(sweep_configs.load_module(path), "SEARCH_SPACE", None)
     if not space:
-        raise sweep.LaunchError(f"{path} declares no SEARCH_SPACE (e.g. SEARCH_SPACE = {{'learning_rate': "
+        raise sweep_configs.LaunchError(f"{path} declares no SEARCH_SPACE (e.g. SEARCH_SPACE = {{'learning_rate': "
                                 "{'distribution': 'log_uniform_values', 'min': 0.01, 'max': 0.3}}); use --method grid")
     return dict(space)
 
 
 def first_config(spec: str, overrides: Sequence[str] = ()):
     """The config of the sweep's first run with `overrides` (a bad override fails here, not in every agent run)."""
-    runs, _ = sweep.list_runs(spec)
-    return sweep.resolve_config(runs[0].config, overrides)
+    runs, _ = sweep_configs.list_runs(spec)
+    return sweep_configs.resolve_config(runs[0].config, overrides)
 
 
 def check_parameters(config, parameters: Mapping[str, dict], overrides: Sequence[str] = ()) -> None:
@@ -66,18 +66,18 @@ def check_parameters(config, parameters: Mapping[str, dict], overrides: Sequence
     fixed = {o.partition("=")[0].removeprefix("--config.") for o in overrides}
     for key in parameters:
         if key in fixed:
-            raise sweep.LaunchError(f"--config.{key} is both a sweep parameter and an override; drop the override")
+            raise sweep_configs.LaunchError(f"--config.{key} is both a sweep parameter and an override; drop the override")
         if "." in key:
-            raise sweep.LaunchError(f"sweep parameter {key!r}: use top-level config fields only; W&B shows a dotted "
+            raise sweep_configs.LaunchError(f"sweep parameter {key!r}: use top-level config fields only; W&B shows a dotted "
                                     "parameter as a second column beside the nested config (wandb #982/#5477)")
         if key != "run" and key not in config:
-            raise sweep.LaunchError(f"sweep parameter {key!r} is not a config field; "
+            raise sweep_configs.LaunchError(f"sweep parameter {key!r} is not a config field; "
                                     f"fields: {', '.join(sorted(config))}")
 
 
 def sweep_name(spec: str, config) -> str:
     """The W&B group of a sweep config, else the run's name (as launch.sh names its directory)."""
-    path, _ = sweep.split_spec(spec)
+    path, _ = sweep_configs.split_spec(spec)
     return config.wandb.get("group") or config.get("name") or os.path.splitext(os.path.basename(path))[0]
 
 
@@ -85,13 +85,13 @@ def sweep_spec(spec: str, method: str = "grid", workdir_root: str | None = None,
                overrides: Sequence[str] = ()) -> dict:
     """The sweep YAML as a dict: ``wandb sweep FILE`` reads it; its agents run ENTRY."""
     if method not in METHODS:
-        raise sweep.LaunchError(f"--method {method!r}: use one of {', '.join(METHODS)}")
+        raise sweep_configs.LaunchError(f"--method {method!r}: use one of {', '.join(METHODS)}")
     config = first_config(spec, overrides)
     parameters = grid_parameters(spec)
     if method != "grid":
         parameters.update(search_parameters(spec))
     if not parameters:
-        raise sweep.LaunchError(f"{spec} is one run: a grid has nothing to sweep over; search its SEARCH_SPACE "
+        raise sweep_configs.LaunchError(f"{spec} is one run: a grid has nothing to sweep over; search its SEARCH_SPACE "
                                 "with --method random or bayes, or give a sweep config")
     check_parameters(config, parameters, overrides)
     name = sweep_name(spec, config)
@@ -122,7 +122,7 @@ def parse_agent_args(argv: Sequence[str]) -> tuple[str, str, list[str], dict[str
     for a in argv:
         key, sep, value = a.partition("=")
         if not (a.startswith("--") and sep):
-            raise sweep.LaunchError(f"argument {a!r}: expected --KEY=VALUE (what a W&B agent passes for ${{args}})")
+            raise sweep_configs.LaunchError(f"argument {a!r}: expected --KEY=VALUE (what a W&B agent passes for ${{args}})")
         key = key[2:]
         if key == "config":
             spec = value
@@ -133,7 +133,7 @@ def parse_agent_args(argv: Sequence[str]) -> tuple[str, str, list[str], dict[str
         else:
             params[key] = value
     if not spec or not root:
-        raise sweep.LaunchError("--config=CONFIG and --workdir-root=DIR are required "
+        raise sweep_configs.LaunchError("--config=CONFIG and --workdir-root=DIR are required "
                                 "(the sweep YAML's command has them)")
     return spec, root, overrides, params
 
@@ -148,7 +148,7 @@ def run_workdir(root: str, params: Mapping[str, str]) -> str:
 def main_argv(spec: str, root: str, overrides: Sequence[str], params: Mapping[str, str]) -> list[str]:
     """The resnet_jax.main command line of one agent run."""
     if "run" in params:
-        path, arg = sweep.split_spec(spec)
+        path, arg = sweep_configs.split_spec(spec)
         spec = f"{path}:{arg + ',' if arg else ''}run={params['run']}"
     flags = [f"--config.{k}={v}" for k, v in params.items() if k != "run"]
     return [sys.executable, "-m", "resnet_jax.main", f"--config={spec}", f"--workdir={run_workdir(root, params)}",
@@ -169,7 +169,7 @@ def write(args) -> int:
     """``sweep wandb``: writes (or prints) the YAML and says how to start it."""
     try:
         config = sweep_spec(args.config, args.method, args.workdir, args.overrides)
-    except sweep.LaunchError as e:
+    except sweep_configs.LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = to_yaml(config)
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         command = main_argv(*parse_agent_args(argv))
-    except sweep.LaunchError as e:
+    except sweep_configs.LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("W&B sweep run: " + shlex.join(command[1:]), flush=True)
