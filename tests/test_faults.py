@@ -194,7 +194,10 @@ def test_7_12_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(finishe
     out = capsys.readouterr().out
     warning = next(line for line in out.splitlines() if line.startswith("warning: checkpoint 20"))
     assert "is damaged" in warning and "resuming from checkpoint 10 instead" in warning
-    assert ("do not match the checksum" in warning) == (damage == "checksum")
+    if damage == "checksum":
+        assert "do not match the checksum" in warning
+    elif damage != "overwrite":  # random bytes are caught by the reader, or by the checksum where they still decode
+        assert "do not match the checksum" not in warning
     assert "resuming from step 10" in out
     assert len(list((workdir / checkpointing.DAMAGED_DIR).iterdir())) == 1  # set aside, not deleted
     assert run_dir.checkpoint_steps(str(workdir))[-2:] == [20, 30]  # retrained from 10 and saved again
