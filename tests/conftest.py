@@ -30,3 +30,9 @@ def tfds_data_dir():
     if not (SHARED_TFDS / "cifar10").is_dir():
         pytest.skip(f"real CIFAR-10 subset not found at {SHARED_TFDS} (only present in the dev workplace)")
     return str(SHARED_TFDS)
+
+
+@pytest.fixture(scope="session")
+def data_flag(tfds_data_dir):
+    """The main flag that points a run at the real CIFAR-10 subset."""
+    return f"--config.data_dir={tfds_data_dir}"

@@ -30,11 +30,6 @@ NEW_BLOCK = "relu_before_add"
 
 
 @pytest.fixture(scope="module")
-def data_flag(tfds_data_dir):
-    return f"--config.data_dir={tfds_data_dir}"
-
-
-@pytest.fixture(scope="module")
 def sweep(data_flag, tmp_path_factory):
     """Each net of NETS trained uninterrupted for STEPS steps, in SWEEP/NAME."""
     root = tmp_path_factory.mktemp("depth_studies")

@@ -15,11 +15,6 @@ RUN = ("--config.batch_size=32", "--config.log_every=5", "--config.eval_every=20
 
 
 @pytest.fixture(scope="module")
-def data_flag(tfds_data_dir):
-    return f"--config.data_dir={tfds_data_dir}"
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(data_flag, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     run_main(workdir, data_flag, *RUN)
